@@ -1,0 +1,314 @@
+"""Load a base model offline: a WebUI single-file checkpoint (LDM key layout) or a diffusers folder.
+
+The architecture (sd1 / sd2 / sdxl) is read from the keys. The shipped diffusers configs in model_configs/
+give everything the keys cannot tell (head counts, activation functions, VAE scaling); sizes are re-read from
+the tensor shapes, so a real SD1.5 file and the tiny test models go through exactly the same path. The
+conversion of the keys is diffusers' own single-file converter.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+CONFIG_DIR = Path(__file__).with_name("model_configs")
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+SD1_TE_PREFIX = "cond_stage_model.transformer."
+SD2_TE_PREFIX = "cond_stage_model.model."
+SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    arch: str  # "sd1" | "sd2" | "sdxl"
+    unet: Any
+    vae: Any
+    text_encoders: list  # one (sd1/sd2) or two (sdxl)
+    tokenizers: list
+    scheduler_config: dict
+    v_prediction: bool
+    name: str
+    model_hash: str  # sd-scripts' ss_sd_model_hash / WebUI-style short hash
+    new_model_hash: str  # sha256 of the file (ss_new_sd_model_hash)
+    source_keys: list = field(default_factory=list)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{path.name} cannot be read safely ({exc.__class__.__name__}: {exc}); "
+                "convert it to .safetensors (the WebUI's checkpoint merger can) and try again"
+            ) from None
+        if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+            data = data["state_dict"]
+        return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    raise ModelLoadError(f"{path.name}: unsupported checkpoint type {suffix!r}; use .safetensors or .ckpt")
+
+
+def detect_arch(keys) -> str:
+    keys = set(keys)
+    if any(k.startswith(SDXL_TE2_PREFIX) for k in keys) or f"{UNET_PREFIX}label_emb.0.0.weight" in keys:
+        return "sdxl"
+    if any(k.startswith(SD2_TE_PREFIX) for k in keys):
+        return "sd2"
+    if any(k.startswith(SD1_TE_PREFIX) for k in keys):
+        return "sd1"
+    if any(k.startswith(UNET_PREFIX) for k in keys):
+        raise ModelLoadError("the checkpoint has a UNet but no text encoder this trainer knows (SD1, SD2 or SDXL)")
+    raise ModelLoadError(
+        "this file is not a Stable Diffusion checkpoint (no model.diffusion_model.* keys); "
+        "pick a base model from models/Stable-diffusion"
+    )
+
+
+def base_configs(arch: str) -> dict:
+    return json.loads((CONFIG_DIR / f"{arch}.json").read_text(encoding="utf-8"))
+
+
+def _indices(keys, pattern: str) -> list[int]:
+    rx = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in keys for m in [rx.match(k)] if m})
+
+
+def infer_unet_config(sd: dict, arch: str, base: dict) -> dict:
+    p = UNET_PREFIX
+    keys = [k for k in sd if k.startswith(p)]
+    cfg = copy.deepcopy(base)
+    ops = _indices(keys, re.escape(p) + r"input_blocks\.(\d+)\.0\.op\.weight")
+    if not ops:
+        raise ModelLoadError("cannot read the UNet's structure (no downsampling layers found)")
+    lpb = ops[0] - 1
+    levels = len(ops) + 1
+    channels, has_attn, depth = [], [], []
+    for level in range(levels):
+        first = 1 + level * (lpb + 1)
+        channels.append(int(sd[f"{p}input_blocks.{first}.0.out_layers.3.weight"].shape[0]))
+        blocks = _indices(keys, re.escape(f"{p}input_blocks.{first}.1.transformer_blocks.") + r"(\d+)\.")
+        has_attn.append(bool(blocks))
+        depth.append(len(blocks))
+    mid_depth = len(_indices(keys, re.escape(f"{p}middle_block.1.transformer_blocks.") + r"(\d+)\."))
+    cfg["in_channels"] = int(sd[f"{p}input_blocks.0.0.weight"].shape[1])
+    cfg["out_channels"] = int(sd[f"{p}out.2.weight"].shape[0])
+    cfg["layers_per_block"] = lpb
+    cfg["block_out_channels"] = channels
+    cfg["down_block_types"] = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attn]
+    cfg["up_block_types"] = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)]
+    first_attn = next(i for i, a in enumerate(has_attn) if a)
+    attn_prefix = f"{p}input_blocks.{1 + first_attn * (lpb + 1)}.1."
+    cfg["cross_attention_dim"] = int(sd[attn_prefix + "transformer_blocks.0.attn2.to_k.weight"].shape[1])
+    cfg["use_linear_projection"] = sd[attn_prefix + "proj_in.weight"].ndim == 2
+    if arch == "sd1":
+        cfg["attention_head_dim"] = 8  # SD1 has 8 heads everywhere (diffusers calls the head count head_dim)
+    else:
+        cfg["attention_head_dim"] = [max(1, c // 64) for c in channels]  # SD2/SDXL: 64 channels per head
+    if arch == "sdxl":
+        # diffusers takes the middle block's depth from the last level
+        cfg["transformer_layers_per_block"] = [d if d else 1 for d in depth[:-1]] + [mid_depth]
+        adm_in = int(sd[f"{p}label_emb.0.0.weight"].shape[1])
+        pooled = int(sd[SDXL_TE2_PREFIX + "text_projection"].shape[1])
+        cfg["projection_class_embeddings_input_dim"] = adm_in
+        cfg["addition_time_embed_dim"] = (adm_in - pooled) // 6
+    return cfg
+
+
+def infer_vae_config(sd: dict, base: dict) -> dict:
+    p = VAE_PREFIX
+    keys = [k for k in sd if k.startswith(p)]
+    cfg = copy.deepcopy(base)
+    levels = _indices(keys, re.escape(p) + r"encoder\.down\.(\d+)\.")
+    blocks = _indices(keys, re.escape(p) + r"encoder\.down\.0\.block\.(\d+)\.")
+    if not levels or not blocks:
+        raise ModelLoadError("the checkpoint has no VAE (first_stage_model.*); use a checkpoint with a baked-in VAE")
+    cfg["block_out_channels"] = [int(sd[f"{p}encoder.down.{i}.block.0.conv2.weight"].shape[0]) for i in levels]
+    cfg["down_block_types"] = ["DownEncoderBlock2D"] * len(levels)
+    cfg["up_block_types"] = ["UpDecoderBlock2D"] * len(levels)
+    cfg["layers_per_block"] = len(blocks)
+    cfg["latent_channels"] = int(sd[f"{p}decoder.conv_in.weight"].shape[1])
+    cfg["in_channels"] = int(sd[f"{p}encoder.conv_in.weight"].shape[1])
+    cfg["out_channels"] = int(sd[f"{p}decoder.conv_out.weight"].shape[0])
+    return cfg
+
+
+def _clip_config(base: dict, hidden: int, layers: int, intermediate: int, vocab: int, positions: int, projection: Optional[int]):
+    from transformers import CLIPTextConfig
+
+    values = {k: v for k, v in base.items() if k not in ("architectures", "_comment")}
+    values.update(
+        hidden_size=hidden, num_hidden_layers=layers, intermediate_size=intermediate, vocab_size=vocab,
+        max_position_embeddings=positions, num_attention_heads=max(1, hidden // 64),  # CLIP: 64 channels per head
+    )
+    if projection is not None:
+        values["projection_dim"] = projection
+    return CLIPTextConfig(**values)
+
+
+def _load_into(model, state: dict, what: str):
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # position_ids is a buffer some transformers versions keep in the state dict and others not
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"the {what} of this checkpoint does not match its detected architecture "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); is the file complete?"
+        )
+    return model
+
+
+def _hf_clip_te(sd: dict, prefix: str, base: dict, with_projection: bool):
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    sub = {k: v for k, v in sd.items() if k.startswith(prefix)}
+    state = convert_ldm_clip_checkpoint(sub, remove_prefix=prefix)
+    emb = state["text_model.embeddings.token_embedding.weight"]
+    layers = len(_indices(state, r"text_model\.encoder\.layers\.(\d+)\."))
+    cfg = _clip_config(
+        base, int(emb.shape[1]), layers, int(state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
+        int(emb.shape[0]), int(state["text_model.embeddings.position_embedding.weight"].shape[0]), None,
+    )
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return _load_into(cls(cfg), state, "text encoder")
+
+
+def _open_clip_te(sd: dict, prefix: str, base: dict, drop_last_layer: bool, with_projection: bool):
+    """OpenCLIP (SD2, SDXL's second encoder). SD2 is used up to its penultimate layer, like the WebUI does."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    sub = {k: v for k, v in sd.items() if k.startswith(prefix)}
+    n_layers = len(_indices(sub, re.escape(prefix + "transformer.resblocks.") + r"(\d+)\."))
+    hidden = int(sub[prefix + "token_embedding.weight"].shape[1])
+    layers = n_layers - 1 if drop_last_layer else n_layers
+    cfg = _clip_config(
+        base, hidden, layers, int(sub[f"{prefix}transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+        int(sub[prefix + "token_embedding.weight"].shape[0]), int(sub[prefix + "positional_embedding"].shape[0]),
+        int(sub[prefix + "text_projection"].shape[1]) if prefix + "text_projection" in sub else None,
+    )
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    model = cls(cfg)
+    state = convert_open_clip_checkpoint(model, sub, prefix=prefix)
+    state = {
+        k: v for k, v in state.items()
+        if not (m := re.match(r"text_model\.encoder\.layers\.(\d+)\.", k)) or int(m.group(1)) < layers
+    }
+    if not with_projection:
+        state.pop("text_projection.weight", None)
+    return _load_into(model, state, "text encoder")
+
+
+def file_hashes(path: Path) -> tuple[str, str]:
+    """(legacy short hash as sd-scripts' ss_sd_model_hash, full sha256 as ss_new_sd_model_hash)."""
+    sha = hashlib.sha256()
+    legacy = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(0x100000)
+        legacy.update(fh.read(0x10000))
+        fh.seek(0)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(chunk)
+    return legacy.hexdigest()[:8], sha.hexdigest()
+
+
+def load_single_file(path: Path, v_prediction: Optional[bool] = None) -> LoadedModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from .tokenizer import load_clip_tokenizer
+
+    sd = read_state_dict(path)
+    arch = detect_arch(sd.keys())
+    base = base_configs(arch)
+
+    unet_cfg = infer_unet_config(sd, arch, base["unet"])
+    unet = UNet2DConditionModel.from_config(unet_cfg)
+    _load_into(unet, convert_ldm_unet_checkpoint(sd, unet.config), "UNet")
+
+    vae_cfg = infer_vae_config(sd, base["vae"])
+    vae = AutoencoderKL.from_config(vae_cfg)
+    _load_into(vae, convert_ldm_vae_checkpoint(sd, vae.config), "VAE")
+
+    if arch == "sd1":
+        tes = [_hf_clip_te(sd, SD1_TE_PREFIX, base["text_encoder"], with_projection=False)]
+        toks = [load_clip_tokenizer(base["tokenizer"]["pad_token"])]
+    elif arch == "sd2":
+        tes = [_open_clip_te(sd, SD2_TE_PREFIX, base["text_encoder"], drop_last_layer=True, with_projection=False)]
+        toks = [load_clip_tokenizer(base["tokenizer"]["pad_token"])]
+    else:
+        tes = [
+            _hf_clip_te(sd, SDXL_TE1_PREFIX, base["text_encoder"], with_projection=False),
+            _open_clip_te(sd, SDXL_TE2_PREFIX, base["text_encoder_2"], drop_last_layer=False, with_projection=True),
+        ]
+        toks = [load_clip_tokenizer(base["tokenizer"]["pad_token"]), load_clip_tokenizer(base["tokenizer_2"]["pad_token"])]
+
+    if v_prediction is None:
+        v_prediction = "v_pred" in sd  # some v-prediction checkpoints carry this marker key
+    keys = list(sd.keys())
+    del sd
+    legacy, full = file_hashes(path)
+    return LoadedModel(
+        arch=arch, unet=unet, vae=vae, text_encoders=tes, tokenizers=toks,
+        scheduler_config=dict(base["scheduler"]), v_prediction=bool(v_prediction), name=path.name,
+        model_hash=legacy, new_model_hash=full, source_keys=keys,
+    )
+
+
+def load_diffusers_folder(path: Path, v_prediction: Optional[bool] = None) -> LoadedModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    def sub(name: str) -> Path:
+        return path / name
+
+    if not (path / "unet").is_dir() or not (path / "vae").is_dir():
+        raise ModelLoadError(f"{path} is a folder but not a diffusers model (no unet/ and vae/ inside)")
+    unet = UNet2DConditionModel.from_pretrained(sub("unet"), local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(sub("vae"), local_files_only=True)
+    arch = "sdxl" if (path / "text_encoder_2").is_dir() else ("sd2" if unet.config.cross_attention_dim == 1024 else "sd1")
+    tes = [CLIPTextModel.from_pretrained(sub("text_encoder"), local_files_only=True)]
+    toks = [CLIPTokenizer.from_pretrained(sub("tokenizer"), local_files_only=True)]
+    if arch == "sdxl":
+        tes.append(CLIPTextModelWithProjection.from_pretrained(sub("text_encoder_2"), local_files_only=True))
+        toks.append(CLIPTokenizer.from_pretrained(sub("tokenizer_2"), local_files_only=True))
+    sched_path = path / "scheduler" / "scheduler_config.json"
+    sched = json.loads(sched_path.read_text()) if sched_path.is_file() else base_configs(arch)["scheduler"]
+    if v_prediction is None:
+        v_prediction = sched.get("prediction_type") == "v_prediction"
+    digest = hashlib.sha256(json.dumps(dict(unet.config), sort_keys=True, default=str).encode()).hexdigest()
+    return LoadedModel(
+        arch=arch, unet=unet, vae=vae, text_encoders=tes, tokenizers=toks, scheduler_config=sched,
+        v_prediction=bool(v_prediction), name=path.name, model_hash=digest[:8], new_model_hash=digest,
+    )
+
+
+def load_model(path_or_name: str, v_prediction: Optional[bool] = None) -> LoadedModel:
+    path = Path(path_or_name).expanduser()
+    if path.is_dir():
+        return load_diffusers_folder(path, v_prediction)
+    if path.is_file():
+        return load_single_file(path, v_prediction)
+    raise ModelLoadError(
+        f"base model {path_or_name!r} not found; pick a checkpoint that exists "
+        "(models are never downloaded: give a file path or a local diffusers folder)"
+    )

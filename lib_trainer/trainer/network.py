@@ -1,0 +1,166 @@
+"""The trained network (LoRA, LoCon, LoHa, LoKr, DoRA) through lycoris-lora, and its file format.
+
+Module names follow sd-scripts: for SD1/SD2 the UNet keys carry diffusers module paths
+(``lora_unet_down_blocks_0_attentions_0_...``); for SDXL sd-scripts uses the original (LDM) paths
+(``lora_unet_input_blocks_4_1_...``), so SDXL names are translated when saving and back when loading.
+Text encoders are ``lora_te_`` (one encoder) or ``lora_te1_`` / ``lora_te2_`` (SDXL).
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import torch
+
+from .schema import TrainConfig
+
+UNET_PREFIX = "lora_unet"
+PRESET_NAME = "train_tools"
+# What sd-scripts' LoRA targets: attention/feed-forward/projection layers of the UNet's transformer blocks and
+# the text encoders' attention and MLP layers. LoCon adds the ResNet and up/down-sampling convolutions.
+UNET_TRANSFORMER_MODULES = ["Transformer2DModel"]
+UNET_CONV_MODULES = ["ResnetBlock2D", "Downsample2D", "Upsample2D"]
+TEXT_ENCODER_MODULES = ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"]
+
+_RESNET_LDM = {
+    "conv1": "in_layers.2", "conv2": "out_layers.3", "norm1": "in_layers.0", "norm2": "out_layers.0",
+    "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection",
+}
+_TOP_LDM = {
+    "conv_in": "input_blocks.0.0", "conv_out": "out.2", "conv_norm_out": "out.0",
+    "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+}
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+def diffusers_unet_path_to_ldm(path: str, layers_per_block: int, up_block_has_attention: list[bool]) -> Optional[str]:
+    """Translate a diffusers UNet module path to the original LDM path (as SDXL LoRA files name modules)."""
+    n = layers_per_block
+    for top, ldm in _TOP_LDM.items():
+        if path == top or path.startswith(top + "."):
+            return ldm + path[len(top):]
+
+    def resnet(rest: str) -> str:
+        head, _, tail = rest.partition(".")
+        mapped = _RESNET_LDM.get(head, head)
+        return mapped + ("." + tail if tail else "")
+
+    m = re.match(r"down_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)$", path)
+    if m:
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        idx = 1 + i * (n + 1) + j
+        return f"input_blocks.{idx}.1.{rest}" if kind == "attentions" else f"input_blocks.{idx}.0.{resnet(rest)}"
+    m = re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv(.*)$", path)
+    if m:
+        return f"input_blocks.{(int(m[1]) + 1) * (n + 1)}.0.op{m[2]}"
+    m = re.match(r"mid_block\.(attentions|resnets)\.(\d+)\.(.+)$", path)
+    if m:
+        kind, j, rest = m[1], int(m[2]), m[3]
+        return f"middle_block.1.{rest}" if kind == "attentions" else f"middle_block.{2 * j}.{resnet(rest)}"
+    m = re.match(r"up_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)$", path)
+    if m:
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        idx = i * (n + 1) + j
+        return f"output_blocks.{idx}.1.{rest}" if kind == "attentions" else f"output_blocks.{idx}.0.{resnet(rest)}"
+    m = re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv(.*)$", path)
+    if m:
+        i = int(m[1])
+        return f"output_blocks.{i * (n + 1) + n}.{2 if up_block_has_attention[i] else 1}.conv{m[2]}"
+    return None
+
+
+def unet_name_map(unet, arch: str) -> dict[str, str]:
+    """Our (diffusers-path) LoRA module names → the names written to the file."""
+    out: dict[str, str] = {}
+    has_attn = [t.startswith("CrossAttn") for t in unet.config.up_block_types]
+    for path, _ in unet.named_modules():
+        if not path:
+            continue
+        ours = f"{UNET_PREFIX}_{path.replace('.', '_')}"
+        if arch == "sdxl":
+            ldm = diffusers_unet_path_to_ldm(path, unet.config.layers_per_block, has_attn)
+            if ldm is None:
+                continue
+            out[ours] = f"{UNET_PREFIX}_{ldm.replace('.', '_')}"
+        else:
+            out[ours] = ours
+    return out
+
+
+def _preset(cfg: TrainConfig) -> dict:
+    conv = cfg.effective_conv_dim is not None
+    return {
+        "enable_conv": bool(conv),
+        "unet_target_module": UNET_TRANSFORMER_MODULES + (UNET_CONV_MODULES if conv else []),
+        "unet_target_name": [],
+        "text_encoder_target_module": TEXT_ENCODER_MODULES,
+        "text_encoder_target_name": [],
+        "module_algo_map": {},
+        "name_algo_map": {},
+        "use_fnmatch": False,
+    }
+
+
+def create_network(cfg: TrainConfig, text_encoders: list, unet, train_unet: bool, train_text_encoder: bool):
+    import logging
+
+    from lycoris import kohya as lycoris_kohya
+
+    logging.getLogger("LyCORIS").setLevel(logging.WARNING)
+    kwargs = dict(cfg.network_kwargs)
+    kwargs.pop("conv_dim", None)
+    kwargs.pop("conv_alpha", None)
+    kwargs["algo"] = cfg.algo
+    conv_dim = cfg.effective_conv_dim
+    kwargs["conv_dim"] = conv_dim or 0
+    kwargs["conv_alpha"] = cfg.effective_conv_alpha if cfg.effective_conv_alpha is not None else (conv_dim or 1)
+    if cfg.algo in ("lora", "locon") and not cfg.use_dora:
+        # Computes x -> down -> up instead of rebuilding the full weight each forward: same maths, far faster.
+        kwargs.setdefault("bypass_mode", True)
+    # create_network applies a preset by name; ours is registered under a name of its own
+    from lycoris.config import PRESET
+
+    PRESET[PRESET_NAME] = _preset(cfg)
+    kwargs["preset"] = PRESET_NAME
+    te_arg = text_encoders if len(text_encoders) > 1 else text_encoders[0]
+    network = lycoris_kohya.create_network(1.0, cfg.network_dim, cfg.network_alpha, None, te_arg, unet, **kwargs)
+    network.apply_to(te_arg, unet, apply_text_encoder=train_text_encoder, apply_unet=train_unet)
+    if not network.loras:
+        raise NetworkError("the network found no layer to train; check network_module and network_args")
+    return network
+
+
+def network_state_for_file(network, name_map: dict[str, str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key, value in network.state_dict().items():
+        module, _, param = key.partition(".")
+        module = name_map.get(module, module)
+        out[f"{module}.{param}"] = value.detach().to("cpu", dtype=dtype).contiguous()
+    return out
+
+
+def load_network_weights(network, state: dict[str, torch.Tensor], name_map: dict[str, str]) -> None:
+    """Continue from a LoRA file: its keys are translated to ours and must fit the configured network."""
+    inverse = {v: k for k, v in name_map.items()}
+    own = network.state_dict()
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        module, _, param = key.partition(".")
+        renamed[f"{inverse.get(module, module)}.{param}"] = value
+    unknown = [k for k in renamed if k not in own]
+    if len(unknown) == len(renamed):
+        raise NetworkError(
+            "the network_weights file does not fit this model and network (no key matches); "
+            "was it trained on another architecture or with another network type?"
+        )
+    for key, value in renamed.items():
+        if key in own and own[key].shape != value.shape:
+            raise NetworkError(
+                f"the network_weights file has {tuple(value.shape)} for {key} but this config makes "
+                f"{tuple(own[key].shape)}: set network_dim / conv_dim to the file's values"
+            )
+    network.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=False)

@@ -1,0 +1,85 @@
+"""Optimizers and learning-rate schedulers, by sd-scripts' names."""
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import torch
+
+from .schema import ConfigError, TrainConfig
+
+
+def _literal(value: str) -> Any:
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def optimizer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: _literal(v) for k, v in cfg.optimizer_kwargs.items()}
+
+
+def create_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.device):
+    name = cfg.optimizer_type.lower()
+    kwargs = optimizer_kwargs(cfg)
+    lr = cfg.learning_rate
+    if name == "adamw":
+        if device.type == "cuda":
+            kwargs.setdefault("fused", True)
+        return torch.optim.AdamW(param_groups, lr=lr, **kwargs)
+    if name == "adamw8bit":
+        if device.type != "cuda":
+            raise ConfigError("AdamW8bit needs an NVIDIA GPU (bitsandbytes); on this machine use optimizer_type = \"AdamW\"")
+        try:
+            import bitsandbytes as bnb
+        except Exception as exc:
+            raise ConfigError(
+                f"AdamW8bit needs bitsandbytes, which could not be loaded ({exc}); "
+                "reinstall the trainer dependencies or use AdamW"
+            ) from None
+        return bnb.optim.AdamW8bit(param_groups, lr=lr, **kwargs)
+    if name == "lion":
+        from lion_pytorch import Lion
+
+        return Lion(param_groups, lr=lr, **kwargs)
+    if name == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(param_groups, lr=lr, **kwargs)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        kwargs.setdefault("relative_step", False)
+        kwargs.setdefault("scale_parameter", False)
+        kwargs.setdefault("warmup_init", False)
+        return Adafactor(param_groups, lr=None if kwargs["relative_step"] else lr, **kwargs)
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, **kwargs)
+    raise ConfigError(f"unknown optimizer_type {cfg.optimizer_type!r}")
+
+
+def warmup_steps(cfg: TrainConfig, total_updates: int) -> int:
+    value = cfg.lr_warmup_steps
+    if isinstance(value, float) and value < 1:
+        return int(value * total_updates)
+    return int(value)
+
+
+def create_scheduler(cfg: TrainConfig, optimizer, total_updates: int):
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=warmup_steps(cfg, total_updates),
+        num_training_steps=total_updates,
+        num_cycles=cfg.lr_scheduler_num_cycles,
+        power=cfg.lr_scheduler_power,
+    )
+
+
+def describe_optimizer(optimizer, cfg: TrainConfig) -> str:
+    cls = type(optimizer)
+    args = ",".join(cfg.optimizer_args) if cfg.optimizer_args else ""
+    return f"{cls.__module__}.{cls.__name__}" + (f"({args})" if args else "")

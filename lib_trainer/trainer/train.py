@@ -1,0 +1,555 @@
+"""The training loop: one readable pass from config to LoRA files.
+
+Maths as Stable Diffusion was trained: DDPM schedule (scaled-linear betas 0.00085-0.012, 1000 steps), epsilon or
+v-prediction targets, optional noise offset and min-SNR weighting. A "step" is one optimizer update
+(gradient_accumulation_steps batches), as in sd-scripts.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import data as data_mod
+from .events import EventWriter
+from .folders import describe_empty, scan_dataset
+from .metadata import build_metadata, finalize_metadata
+from .models import LoadedModel, load_model
+from .network import create_network, load_network_weights, network_state_for_file, unet_name_map
+from .optim import create_optimizer, create_scheduler, describe_optimizer, warmup_steps
+from .schema import ConfigError, TrainConfig, validate
+from .text import encode_sd, encode_sdxl, tokenize
+
+SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TrainingError(RuntimeError):
+    """A failure with a message meant for the person running the training."""
+
+
+class StopRequest:
+    """SIGINT/SIGTERM: finish the current step, write a checkpoint, exit cleanly. A second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread (tests calling run() from a thread)
+                pass
+
+
+def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, events: EventWriter, stop: Optional[StopRequest] = None):
+        self.cfg = cfg
+        self.events = events
+        self.stop = stop or StopRequest()
+        self.checkpoints: list[str] = []
+
+    # ---- set-up -----------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+
+        cfg = self.cfg
+        cuda = torch.cuda.is_available()
+        mixed = cfg.mixed_precision if cuda else "no"
+        if cfg.mixed_precision != "no" and not cuda:
+            self.warn(f"mixed_precision={cfg.mixed_precision} needs a CUDA GPU; training in fp32 on the CPU")
+        self.accelerator = Accelerator(mixed_precision=mixed)  # accumulation is done in train()
+        self.device = self.accelerator.device
+        self.events.enabled = self.accelerator.is_main_process
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed, torch.float32)
+        self.seed = cfg.seed if cfg.seed is not None else random.randint(0, 2**31 - 1)
+        torch.manual_seed(self.seed)
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        # data
+        self.scan = scan_dataset(cfg.train_data_dir, cfg.reg_data_dir, caption_extension=cfg.caption_extension)
+        for path, reason in self.scan.skipped:
+            self.warn(f"skipped {path}: {reason}", path=str(path))
+        for message in self.scan.warnings:
+            self.warn(message)
+        if not self.scan.train_entries:
+            raise TrainingError("the dataset is empty: " + describe_empty(self.scan))
+        self.plan = data_mod.BatchPlan(cfg, self.scan, self.seed)
+
+        # model
+        self.model: LoadedModel = load_model(cfg.pretrained_model_name_or_path, True if cfg.v_parameterization else None)
+        self.v_prediction = cfg.v_parameterization or self.model.v_prediction
+        if self.model.arch == "sdxl" and cfg.clip_skip not in (None, 1, 2):
+            self.warn("clip_skip is ignored for SDXL (it always uses the penultimate layers)")
+        from diffusers import DDPMScheduler
+
+        self.noise_scheduler = DDPMScheduler.from_config(
+            dict(self.model.scheduler_config, prediction_type="v_prediction" if self.v_prediction else "epsilon")
+        )
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)
+
+        m = self.model
+        self.train_unet = not cfg.network_train_text_encoder_only
+        self.train_te = not cfg.network_train_unet_only and (cfg.text_encoder_lr is None or cfg.text_encoder_lr > 0)
+        for module in [m.unet, m.vae, *m.text_encoders]:
+            module.requires_grad_(False)
+        vae_dtype = torch.float32 if (cfg.no_half_vae or m.arch == "sdxl") else self.weight_dtype
+        m.vae.to(self.device, dtype=vae_dtype).eval()
+        m.unet.to(self.device, dtype=self.weight_dtype)
+        for te in m.text_encoders:
+            te.to(self.device, dtype=self.weight_dtype)
+        if cfg.gradient_checkpointing:
+            m.unet.enable_gradient_checkpointing()
+            if self.train_te:
+                for te in m.text_encoders:
+                    te.gradient_checkpointing_enable()
+        if self.device.type == "cuda":
+            m.unet.to(memory_format=torch.channels_last)
+
+        self.network = create_network(cfg, m.text_encoders, m.unet, self.train_unet, self.train_te)
+        self.name_map = unet_name_map(m.unet, m.arch)
+        if cfg.network_weights:
+            from .models import read_state_dict
+
+            load_network_weights(self.network, read_state_dict(Path(cfg.network_weights)), self.name_map)
+        self.network.to(self.device)
+        m.unet.train(cfg.gradient_checkpointing)  # diffusers only checkpoints in train mode
+        for te in m.text_encoders:
+            te.train(cfg.gradient_checkpointing and self.train_te)
+
+        params, _ = self.network.prepare_optimizer_params(cfg.text_encoder_lr, cfg.unet_lr, cfg.learning_rate)
+        if not params:
+            raise ConfigError("no learning rate is above 0: set learning_rate, unet_lr or text_encoder_lr")
+
+        # schedule
+        self.batches_per_epoch = len(self.plan.batches(0))
+        self.steps_per_epoch = len(self.step_groups(0))
+        if self.steps_per_epoch == 0:
+            raise TrainingError("there are fewer batches than GPUs: add pictures or lower train_batch_size")
+        if cfg.max_train_epochs:
+            self.epochs = cfg.max_train_epochs
+            self.total_steps = self.epochs * self.steps_per_epoch
+        else:
+            self.total_steps = cfg.max_train_steps
+            self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+
+        self.optimizer = create_optimizer(cfg, params, self.device)
+        self.optimizer_desc = describe_optimizer(self.optimizer, cfg)
+        self.lr_scheduler = create_scheduler(cfg, self.optimizer, self.total_steps)
+        self.network, self.optimizer = self.accelerator.prepare(self.network, self.optimizer)
+
+        self.cache_text = not self.train_te and data_mod.captions_are_static(cfg)
+        self.text_cache: dict[str, tuple] = {}
+        self.latent_cache = (
+            data_mod.LatentCache(m.new_model_hash[:16], cfg.cache_latents_to_disk)
+            if cfg.cache_latents or cfg.cache_latents_to_disk else None
+        )
+        self.writer = None
+        if cfg.logging_dir and self.accelerator.is_main_process:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(cfg.logging_dir)
+        self.started_at = time.time()
+        self.base_metadata = build_metadata(
+            cfg, arch=m.arch, v_prediction=self.v_prediction, model_name=m.name, model_hash=m.model_hash,
+            new_model_hash=m.new_model_hash, session_id=random.Random(self.seed).randint(0, 2**31),
+            started_at=self.started_at, num_train_images=self.scan.num_train_items,
+            num_reg_images=self.scan.num_reg_items, batches_per_epoch=self.batches_per_epoch, epochs=self.epochs,
+            max_train_steps=self.total_steps, dataset_dirs=self.scan.dataset_dirs(),
+            reg_dataset_dirs=self.scan.dataset_dirs(reg=True), tag_frequency=self.scan.tag_frequency(),
+            bucket_info=self.plan.bucket_info() if cfg.enable_bucket else None,
+            optimizer_desc=self.optimizer_desc,
+            lr_warmup_steps=warmup_steps(cfg, self.total_steps), train_unet=self.train_unet, train_text_encoder=self.train_te,
+        )
+        self.global_step = 0
+        self.start_epoch = 0
+        if cfg.resume:
+            self.load_state(Path(cfg.resume))
+
+    def warn(self, message: str, **fields) -> None:
+        self.events.emit("warning", message=message, **fields)
+
+    # ---- per-batch inputs -------------------------------------------------------------------------------
+    def latents_for(self, batch: data_mod.Batch, flips: list[bool], gen: torch.Generator) -> tuple[torch.Tensor, list]:
+        m = self.model
+        latents: list[Optional[torch.Tensor]] = []
+        time_ids = []
+        todo = []
+        for i, (sample, flip) in enumerate(zip(batch.samples, flips)):
+            cached = self.latent_cache.get(sample.entry, batch.bucket, flip) if self.latent_cache else None
+            latents.append(cached)
+            if cached is None:
+                todo.append(i)
+        pixel_list = {}
+        for i, (sample, flip) in enumerate(zip(batch.samples, flips)):
+            px, ids = data_mod.pixels(sample.entry, batch.bucket, flip)
+            time_ids.append(ids)
+            if i in todo:
+                pixel_list[i] = px
+        if todo:
+            stacked = torch.stack([pixel_list[i] for i in todo]).to(self.device, dtype=m.vae.dtype)
+            with torch.no_grad():
+                dist = m.vae.encode(stacked).latent_dist
+                noise = torch.randn(dist.mean.shape, generator=gen).to(self.device, dist.mean.dtype)
+                encoded = (dist.mean + dist.std * noise) * m.vae.config.scaling_factor
+            for j, i in enumerate(todo):
+                latents[i] = encoded[j]
+                if self.latent_cache is not None:
+                    self.latent_cache.put(batch.samples[i].entry, batch.bucket, flips[i], encoded[j])
+        return torch.stack([lat.to(self.device, torch.float32) for lat in latents]), time_ids
+
+    def conditioning(self, captions: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        m = self.model
+        if self.cache_text and all(c in self.text_cache for c in captions):
+            hidden = torch.stack([self.text_cache[c][0] for c in captions])
+            pooled = torch.stack([self.text_cache[c][1] for c in captions]) if m.arch == "sdxl" else None
+            return hidden, pooled
+        grad = torch.enable_grad() if self.train_te else torch.no_grad()
+        with grad:
+            if m.arch == "sdxl":
+                ids1 = tokenize(m.tokenizers[0], captions, self.cfg.max_token_length)
+                ids2 = tokenize(m.tokenizers[1], captions, self.cfg.max_token_length)
+                hidden, pooled = encode_sdxl(m.text_encoders, ids1, ids2)
+            else:
+                ids = tokenize(m.tokenizers[0], captions, self.cfg.max_token_length)
+                hidden, pooled = encode_sd(m.text_encoders[0], ids, self.cfg.clip_skip), None
+        if self.cache_text:
+            for i, c in enumerate(captions):
+                self.text_cache[c] = (hidden[i].detach(), pooled[i].detach() if pooled is not None else None)
+        return hidden, pooled
+
+    # ---- one step ---------------------------------------------------------------------------------------
+    def loss_for(self, batch: data_mod.Batch, epoch: int, index: int) -> torch.Tensor:
+        cfg = self.cfg
+        rng = random.Random(data_mod.derive_seed(self.seed, "batch", epoch, index))
+        gen = torch.Generator().manual_seed(data_mod.derive_seed(self.seed, "noise", epoch, index))
+        flips = [cfg.flip_aug and rng.random() < 0.5 for _ in batch.samples]
+        captions = [data_mod.caption_for(cfg, s.entry, rng) for s in batch.samples]
+        latents, time_ids = self.latents_for(batch, flips, gen)
+        hidden, pooled = self.conditioning(captions)
+
+        b = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=gen)
+        if cfg.noise_offset:
+            noise = noise + cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=gen)
+        timesteps = torch.randint(cfg.min_timestep, cfg.max_timestep, (b,), generator=gen)
+        noise, timesteps = noise.to(self.device), timesteps.to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+
+        unet_kwargs = {}
+        if self.model.arch == "sdxl":
+            ids = torch.tensor(time_ids, dtype=torch.float32, device=self.device)
+            unet_kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.device), "time_ids": ids}
+        with self.accelerator.autocast():
+            pred = self.model.unet(
+                noisy.to(self.weight_dtype), timesteps, hidden.to(self.device, self.weight_dtype), **unet_kwargs
+            ).sample
+        target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if self.v_prediction else noise
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if cfg.min_snr_gamma:
+            snr = self.alphas_cumprod[timesteps] / (1 - self.alphas_cumprod[timesteps])
+            clipped = torch.clamp(snr, max=cfg.min_snr_gamma)
+            loss = loss * (clipped / (snr + 1) if self.v_prediction else clipped / snr)
+        if any(s.entry.is_reg for s in batch.samples):
+            weights = torch.tensor([cfg.prior_loss_weight if s.entry.is_reg else 1.0 for s in batch.samples], device=self.device)
+            loss = loss * weights
+        return loss.mean()
+
+    # ---- a fixed-noise score --------------------------------------------------------------------------
+    EVAL_TIMESTEPS = (100, 300, 500, 700, 900)
+    EVAL_PICTURES = 4
+
+    @torch.no_grad()
+    def fixed_noise_score(self) -> float:
+        """Denoising loss on a fixed set of pictures with fixed noise and timesteps: comparable across checkpoints.
+
+        It is written into every checkpoint event, so the loss curve is not the only hint of progress."""
+        m = self.model
+        network = self.unwrapped_network()
+        was_training = network.training
+        network.eval()
+        entries = self.scan.train_entries[: self.EVAL_PICTURES]
+        gen = torch.Generator().manual_seed(data_mod.derive_seed(self.seed, "eval"))
+        total = 0.0
+        for entry in entries:
+            bucket = self.plan.bucket_of[entry.path]
+            px, ids = data_mod.pixels(entry, bucket, flip=False)
+            latent = m.vae.encode(px[None].to(self.device, m.vae.dtype)).latent_dist.mean.float()
+            latent = latent * m.vae.config.scaling_factor
+            t = torch.tensor(self.EVAL_TIMESTEPS, device=self.device)
+            latents = latent.expand(len(t), -1, -1, -1)
+            noise = torch.randn(latents.shape, generator=gen).to(self.device)
+            hidden, pooled = self.conditioning([entry.caption] * len(t))
+            kwargs = {}
+            if m.arch == "sdxl":
+                kwargs["added_cond_kwargs"] = {
+                    "text_embeds": pooled.to(self.device),
+                    "time_ids": torch.tensor([ids] * len(t), dtype=torch.float32, device=self.device),
+                }
+            with self.accelerator.autocast():
+                pred = m.unet(self.noise_scheduler.add_noise(latents, noise, t).to(self.weight_dtype), t,
+                              hidden.to(self.device, self.weight_dtype), **kwargs).sample
+            target = self.noise_scheduler.get_velocity(latents, noise, t) if self.v_prediction else noise
+            total += F.mse_loss(pred.float(), target.float()).item()
+        network.train(was_training)
+        return total / max(1, len(entries))
+
+    # ---- saving -----------------------------------------------------------------------------------------
+    def unwrapped_network(self):
+        return self.accelerator.unwrap_model(self.network)
+
+    def save_checkpoint(self, path: Path, epoch: int, final: bool) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        tensors = network_state_for_file(
+            self.unwrapped_network(), self.name_map, SAVE_DTYPES[self.cfg.effective_save_precision]
+        )
+        metadata = finalize_metadata(self.base_metadata, tensors, epoch=epoch, step=self.global_step, finished=final)
+        atomic_save_safetensors(tensors, path, metadata)
+        self.checkpoints.append(str(path))
+        self.events.emit("checkpoint", epoch=epoch, step=self.global_step, path=str(path),
+                         eval_loss=round(self.fixed_noise_score(), 6))
+
+    def save_state(self, folder: Path, epoch: int, step_in_epoch: int) -> None:
+        """Everything needed to continue exactly: network (fp32), optimizer, scheduler, scaler, position."""
+        if not self.accelerator.is_main_process:
+            return
+        from safetensors.torch import save_file
+
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        net_state = {k: v.detach().cpu().contiguous() for k, v in self.unwrapped_network().state_dict().items()}
+        save_file(net_state, str(tmp / "network.safetensors"))
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+        (tmp / "train_state.json").write_text(json.dumps({
+            "global_step": self.global_step, "epoch": epoch, "step_in_epoch": step_in_epoch, "seed": self.seed,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+        }), encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+
+    def load_state(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        state_file = folder / "train_state.json"
+        if not state_file.is_file():
+            raise TrainingError(f"resume: {folder} is not a state folder written with save_state (no train_state.json)")
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise TrainingError(
+                "resume: the dataset or batch size changed since the state was saved "
+                f"({state['steps_per_epoch']} steps per epoch then, {self.steps_per_epoch} now)"
+            )
+        self.seed = state["seed"]
+        self.plan.seed = self.seed
+        self.unwrapped_network().load_state_dict(load_file(str(folder / "network.safetensors")))
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and (folder / "scaler.pt").is_file():
+            scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
+        self.global_step = state["global_step"]
+        self.start_epoch = state["epoch"]
+        self.resume_step_in_epoch = state["step_in_epoch"]
+
+    def checkpoint_path(self, suffix: str) -> Path:
+        return Path(self.cfg.output_dir) / f"{self.cfg.output_name}{suffix}.safetensors"
+
+    def state_path(self, suffix: str) -> Path:
+        return Path(self.cfg.output_dir) / f"{self.cfg.output_name}{suffix}-state"
+
+    def step_groups(self, epoch: int) -> list[list[tuple[int, data_mod.Batch]]]:
+        """This process's batches of an epoch, grouped into optimizer steps of gradient_accumulation_steps.
+
+        Every batch keeps its index in the whole epoch, which seeds its noise, so a multi-GPU run draws the
+        same noise for a batch whichever process trains it."""
+        n_proc, rank = self.accelerator.num_processes, self.accelerator.process_index
+        batches = list(enumerate(self.plan.batches(epoch)))
+        if n_proc > 1:  # every process needs the same number of steps: a remainder batch is left out
+            batches = batches[: len(batches) - len(batches) % n_proc][rank::n_proc]
+        accum = self.cfg.gradient_accumulation_steps
+        return [batches[i : i + accum] for i in range(0, len(batches), accum)]
+
+    def maybe_sample(self, epoch: int, step_based: bool) -> None:
+        cfg = self.cfg
+        if not cfg.sample_prompts or not self.accelerator.is_main_process:
+            return
+        due = (
+            step_based and cfg.sample_every_n_steps and self.global_step % cfg.sample_every_n_steps == 0
+        ) or (
+            not step_based and cfg.sample_every_n_epochs and epoch % cfg.sample_every_n_epochs == 0
+        )
+        if not due:
+            return
+        from .sampling import draw_samples, read_prompt_file
+
+        prompts = read_prompt_file(cfg.sample_prompts, cfg.resolution_wh)
+        stem = f"{cfg.output_name}_" + (f"step{self.global_step:08d}" if step_based else f"e{epoch:06d}")
+        paths = draw_samples(
+            self.model, prompts, sampler=cfg.sample_sampler, out_dir=cfg.effective_sample_dir, stem=stem,
+            clip_skip=cfg.clip_skip, default_seed=self.seed, device=self.device, autocast=self.accelerator.autocast,
+        )
+        for index, path in enumerate(paths):
+            self.events.emit("sample", step=self.global_step, epoch=epoch, index=index, path=str(path))
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def train(self) -> bool:
+        """Returns True when stopped early by a signal."""
+        cfg = self.cfg
+        m = self.model
+        self.events.emit(
+            "start", total_steps=self.total_steps, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
+            images=self.scan.num_train_items, reg_images=self.scan.num_reg_items, device=str(self.device),
+            dtype=str(self.weight_dtype).replace("torch.", ""), arch=m.arch, v_prediction=self.v_prediction,
+            resumed_from_step=self.global_step, seed=self.seed,
+            eval_loss=round(self.fixed_noise_score(), 6) if self.accelerator.is_main_process else None,
+        )
+        loss_sum = torch.zeros((), device=self.device)
+        loss_count = 0
+        t_last, step_last = time.perf_counter(), self.global_step
+        resume_step = getattr(self, "resume_step_in_epoch", 0)
+        params = [p for p in self.network.parameters() if p.requires_grad]
+
+        for epoch in range(self.start_epoch, self.epochs):
+            self.unwrapped_network().train()
+            for step_in_epoch, group in enumerate(self.step_groups(epoch)):
+                if step_in_epoch < resume_step:
+                    continue
+                if self.global_step >= self.total_steps:
+                    break
+                for j, (index, batch) in enumerate(group):
+                    # gradients of all but the last micro-batch stay local (no all-reduce between GPUs)
+                    sync = j == len(group) - 1
+                    with nullcontext() if sync else self.accelerator.no_sync(self.network):
+                        loss = self.loss_for(batch, epoch, index) / len(group)
+                        self.accelerator.backward(loss)
+                    loss_sum += loss.detach()
+                loss_count += 1
+                if cfg.max_grad_norm:
+                    self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.global_step += 1
+                if self.global_step % cfg.log_every_n_steps == 0 or self.global_step == self.total_steps:
+                    mean_loss = (loss_sum / max(1, loss_count)).item()  # the only host sync of the loop
+                    if not math.isfinite(mean_loss):
+                        raise TrainingError(
+                            f"the loss became {mean_loss} at step {self.global_step}: lower the learning rate, "
+                            "or use bf16 / no_half_vae if training in fp16"
+                        )
+                    now = time.perf_counter()
+                    it_s = (self.global_step - step_last) / max(now - t_last, 1e-9)
+                    t_last, step_last = now, self.global_step
+                    lrs = self.lr_scheduler.get_last_lr()
+                    self.events.emit(
+                        "step", step=self.global_step, epoch=epoch + 1, loss=round(mean_loss, 6), lr=lrs[-1],
+                        it_per_s=round(it_s, 4), eta_s=round((self.total_steps - self.global_step) / max(it_s, 1e-9), 1),
+                    )
+                    if self.writer is not None:
+                        self.writer.add_scalar("loss/current", mean_loss, self.global_step)
+                        for i, lr in enumerate(lrs):
+                            self.writer.add_scalar(f"lr/group{i}", lr, self.global_step)
+                    loss_sum.zero_()
+                    loss_count = 0
+                step_suffix = f"-step{self.global_step:08d}"
+                if self.stop.requested or (
+                    cfg.save_every_n_steps and self.global_step % cfg.save_every_n_steps == 0
+                    and self.global_step < self.total_steps
+                ):
+                    self.accelerator.wait_for_everyone()
+                    self.save_checkpoint(self.checkpoint_path(step_suffix), epoch + 1, final=False)
+                    if cfg.save_state or self.stop.requested:  # a stopped run can always be resumed
+                        self.save_state(self.state_path(step_suffix), epoch, step_in_epoch + 1)
+                if self.stop.requested:
+                    return True
+                self.maybe_sample(epoch + 1, step_based=True)
+            resume_step = 0
+            done_epoch = epoch + 1
+            self.accelerator.wait_for_everyone()
+            if cfg.save_every_n_epochs and done_epoch % cfg.save_every_n_epochs == 0 and done_epoch < self.epochs:
+                self.save_checkpoint(self.checkpoint_path(f"-{done_epoch:06d}"), done_epoch, final=False)
+                if cfg.save_state:
+                    self.save_state(self.state_path(f"-{done_epoch:06d}"), done_epoch, 0)
+            self.maybe_sample(done_epoch, step_based=False)
+            if self.global_step >= self.total_steps:
+                break
+
+        self.save_checkpoint(self.checkpoint_path(""), self.epochs, final=True)
+        if cfg.save_state:
+            self.save_state(self.state_path(""), self.epochs, 0)
+        return False
+
+    def close(self) -> None:
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
+
+
+OOM_ADVICE = (
+    "CUDA ran out of memory. Lower train_batch_size or resolution, turn on gradient_checkpointing and "
+    "cache_latents, use mixed_precision fp16/bf16 or a smaller network_dim, and close other programs using the "
+    "GPU. Checkpoints already written are kept."
+)
+
+
+def run(cfg: TrainConfig, events: EventWriter, stop: Optional[StopRequest] = None) -> int:
+    """Train; every outcome ends with a done or an error event. Returns the process exit code."""
+    trainer = Trainer(cfg, events, stop)
+    try:
+        validate(cfg)
+        trainer.setup()
+        interrupted = trainer.train()
+        events.emit("done", checkpoints=trainer.checkpoints, interrupted=interrupted, steps=trainer.global_step)
+        return 0
+    except (ConfigError, TrainingError) as exc:
+        events.emit("error", message=str(exc), traceback_tail="", checkpoints=trainer.checkpoints)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except torch.cuda.OutOfMemoryError:
+        events.emit("error", message=OOM_ADVICE, traceback_tail=_tail(), checkpoints=trainer.checkpoints)
+        return 3
+    except KeyboardInterrupt:
+        events.emit("error", message="stopped at once by a second stop request; no checkpoint was written for the "
+                    "current epoch", traceback_tail="", checkpoints=trainer.checkpoints)
+        return 130
+    except Exception as exc:  # the trainer's own failure text is what the person needs to see
+        events.emit("error", message=f"{exc.__class__.__name__}: {exc}", traceback_tail=_tail(),
+                    checkpoints=trainer.checkpoints)
+        return 1
+    finally:
+        trainer.close()
+
+
+def _tail(lines: int = 12) -> str:
+    return "".join(traceback.format_exc().splitlines(keepends=True)[-lines:])
