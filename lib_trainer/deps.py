@@ -395,7 +395,7 @@ def _clean_stale_incoming(deps_dir: Path, older_than_s: float = 6 * 3600) -> Non
 def install_missing(python: str = sys.executable, deps_dir: Optional[PathLike] = None, progress: Progress = None,
                     requirements: PathLike = REQUIREMENTS_FILE) -> InstallResult:
     """Install what `python` lacks into deps_dir (pip --no-deps --target). Starts no pip when nothing is missing."""
-    deps_dir = Path(deps_dir or default_deps_dir())
+    deps_dir = Path(deps_dir or default_deps_dir()).resolve()
     say = progress or (lambda line: None)
     try:
         missing = missing_requirements(python, deps_dir, requirements)
