@@ -129,6 +129,9 @@ class Trainer:
             if self.train_te:
                 for te in m.text_encoders:
                     te.gradient_checkpointing_enable()
+                    # transformers < 4.35 checkpoints reentrantly: the LoRA layers inside a checkpointed block get
+                    # no gradient unless the block's input requires grad (the embeddings are frozen)
+                    te.enable_input_require_grads()
         if self.device.type == "cuda":
             m.unet.to(memory_format=torch.channels_last)
 
