@@ -51,7 +51,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError names neither the file nor the likely cause
+            if not path.is_file():
+                raise
+            raise ModelLoadError(
+                f"{path.name} is not a readable .safetensors file ({exc}); it may be incomplete or damaged: "
+                "download it again or pick another checkpoint"
+            ) from None
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
         try:
             data = torch.load(str(path), map_location="cpu", weights_only=True)
