@@ -606,13 +606,12 @@ def test_broken_pictures_are_skipped_and_named(tiny_sd1, tmp_path):
     (dict(max_token_length=100), ["max_token_length", "75, 150 or 225"]),
     (dict(learning_rate=-1e-4), ["learning_rate", "negative"]),
     (dict(save_model_as="ckpt"), ["save_model_as", "safetensors"]),
-    # resolution 64 with sd-scripts' default min_bucket_reso 256: refused when the buckets are made, not by
-    # validate(), hence exit code 1 rather than 2
+    # resolution 64 with sd-scripts' default min_bucket_reso 256
     (dict(enable_bucket=True), ["min_bucket_reso (256)", "64"]),
 ])
 def test_bad_settings_fail_clearly(tiny_sd1, guarded, overrides, words):
     result = train(make_config(guarded, tiny_sd1, **overrides))
     assert [e["event"] for e in result.events] == ["error"], result.events
-    assert result.code == (1 if "enable_bucket" in overrides else 2)
+    assert result.code == 2
     for word in words:
         assert word in result.error, result.error

@@ -315,6 +315,14 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(str(exc))
     if cfg.min_bucket_reso > cfg.max_bucket_reso:
         problems.append("min_bucket_reso must not exceed max_bucket_reso")
+    elif cfg.enable_bucket and not problems:
+        w, h = cfg.resolution_wh
+        if cfg.min_bucket_reso > min(w, h):
+            problems.append(f"min_bucket_reso ({cfg.min_bucket_reso}) must not exceed the resolution's shorter side "
+                            f"({min(w, h)}): lower min_bucket_reso")
+        if cfg.max_bucket_reso < max(w, h):
+            problems.append(f"max_bucket_reso ({cfg.max_bucket_reso}) must not be below the resolution's longer side "
+                            f"({max(w, h)}): raise max_bucket_reso")
     if cfg.network_module not in NETWORK_MODULES:
         problems.append(f"network_module {cfg.network_module!r} is not supported; use one of {', '.join(NETWORK_MODULES)}")
     try:

@@ -25,8 +25,8 @@ from . import data as data_mod
 from .events import EventWriter
 from .folders import describe_empty, scan_dataset
 from .metadata import build_metadata, finalize_metadata
-from .models import LoadedModel, load_model
-from .network import create_network, load_network_weights, network_state_for_file, unet_name_map
+from .models import LoadedModel, ModelLoadError, load_model
+from .network import NetworkError, create_network, load_network_weights, network_state_for_file, unet_name_map
 from .optim import create_optimizer, create_scheduler, describe_optimizer, warmup_steps
 from .schema import ConfigError, TrainConfig, validate
 from .text import encode_sd, encode_sdxl, tokenize
@@ -536,7 +536,7 @@ def run(cfg: TrainConfig, events: EventWriter, stop: Optional[StopRequest] = Non
         interrupted = trainer.train()
         events.emit("done", checkpoints=trainer.checkpoints, interrupted=interrupted, steps=trainer.global_step)
         return 0
-    except (ConfigError, TrainingError) as exc:
+    except (ConfigError, TrainingError, ModelLoadError, NetworkError) as exc:
         events.emit("error", message=str(exc), traceback_tail="", checkpoints=trainer.checkpoints)
         return 2 if isinstance(exc, ConfigError) else 1
     except torch.cuda.OutOfMemoryError:

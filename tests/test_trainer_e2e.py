@@ -1,0 +1,263 @@
+"""End-to-end trainings on the tiny sd1, sd2-v and sdxl models: files, metadata, loss, loading elsewhere, resume."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.trainer_fixtures import load_lora, make_config, make_dataset, train
+from tests.webui_keymap import webui_dropped_keys, webui_network_layer_names, webui_unapplied_modules
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHS = ("sd1", "sd2-v", "sdxl")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # The tiny models' ops are so small that thread hand-offs dominate on a shared 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    from lib_trainer.tiny_model import write_tiny_checkpoint
+
+    folder = tmp_path_factory.mktemp("models")
+    return {arch: write_tiny_checkpoint(arch, folder / f"tiny-{arch}.safetensors") for arch in ARCHS}
+
+
+@pytest.fixture(scope="module")
+def two_epoch_runs(tiny_models, tmp_path_factory):
+    """One two-epoch training per architecture, shared by the assertions below."""
+    runs = {}
+    for arch in ARCHS:
+        tmp = tmp_path_factory.mktemp(f"run-{arch}")
+        cfg = make_config(
+            tmp, tiny_models[arch], max_train_epochs=2, save_every_n_epochs=1, train_batch_size=2,
+            network_dim=4, network_alpha=2.0, learning_rate=2e-3, v_parameterization=arch == "sd2-v",
+            training_comment="tiny run", logging_dir=str(tmp / "tb"),
+        )
+        runs[arch] = train(cfg).assert_ok()
+    return runs
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_two_epochs_write_named_checkpoints_and_events(two_epoch_runs, arch):
+    run = two_epoch_runs[arch]
+    start = run.one("start")
+    assert start["epochs"] == 2 and start["images"] == 20 and start["steps_per_epoch"] == 10
+    assert start["total_steps"] == 20 and start["device"] == "cpu" and start["dtype"] == "float32"
+    steps = run.of("step")
+    assert [e["step"] for e in steps] == list(range(1, 21))
+    assert all(torch.isfinite(torch.tensor(e["loss"])) and e["eta_s"] >= 0 for e in steps)
+    out = Path(run.cfg.output_dir)
+    assert [Path(e["path"]).name for e in run.of("checkpoint")] == ["tt-000001.safetensors", "tt.safetensors"]
+    assert [e["epoch"] for e in run.of("checkpoint")] == [1, 2]
+    assert run.one("done")["checkpoints"] == [str(out / "tt-000001.safetensors"), str(out / "tt.safetensors")]
+    assert not list(out.glob(".*.tmp")), "no temporary file is left behind"
+    on_disk = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in on_disk] == [e["event"] for e in run.events]
+    assert list(Path(run.cfg.logging_dir).glob("events.out.tfevents.*")), "TensorBoard scalars are written"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fixed_noise_loss_falls_on_tiny_overfit_set(two_epoch_runs, arch):
+    run = two_epoch_runs[arch]
+    scores = [run.one("start")["eval_loss"]] + [e["eval_loss"] for e in run.of("checkpoint")]
+    assert scores[-1] < scores[0], scores
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_checkpoint_keys_dtype_and_metadata(two_epoch_runs, arch):
+    run = two_epoch_runs[arch]
+    tensors, md = load_lora(run.final)
+    assert all(t.dtype == torch.float16 for t in tensors.values())
+    modules = {k.split(".")[0] for k in tensors}
+    if arch == "sdxl":
+        assert any(m.startswith("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q") for m in modules)
+        assert not any(m.startswith("lora_unet_down_blocks") for m in modules)
+        assert {m.split("_text_model")[0] for m in modules if m.startswith("lora_te")} == {"lora_te1", "lora_te2"}
+    else:
+        assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in modules
+        assert {m.split("_text_model")[0] for m in modules if m.startswith("lora_te")} == {"lora_te"}
+    for m in modules:
+        assert {f"{m}.lora_down.weight", f"{m}.lora_up.weight", f"{m}.alpha"} <= tensors.keys()
+
+    assert all(isinstance(v, str) for v in md.values())
+    expected_base = {"sd1": "sd_v1", "sd2-v": "sd_v2", "sdxl": "sdxl_base_v1-0"}[arch]
+    expected_spec = {"sd1": "stable-diffusion-v1/lora", "sd2-v": "stable-diffusion-v2-768-v/lora",
+                     "sdxl": "stable-diffusion-xl-v1-base/lora"}[arch]
+    assert md["ss_base_model_version"] == expected_base
+    assert md["modelspec.architecture"] == expected_spec
+    assert md["modelspec.prediction_type"] == ("v" if arch == "sd2-v" else "epsilon")
+    assert md["modelspec.resolution"] == "64x64" and md["ss_resolution"] == "(64, 64)"
+    assert md["ss_network_dim"] == "4" and md["ss_network_alpha"] == "2.0"
+    assert md["ss_network_module"] == "networks.lora" and md["ss_output_name"] == "tt"
+    assert md["ss_epoch"] == "2" and md["ss_steps"] == "20" and md["ss_num_epochs"] == "2"
+    assert md["ss_learning_rate"] == "0.002" and md["ss_training_comment"] == "tiny run"
+    assert md["ss_sd_model_name"] == f"tiny-{arch}.safetensors"
+    assert md["ss_new_sd_model_hash"] == hashlib.sha256(Path(run.cfg.pretrained_model_name_or_path).read_bytes()).hexdigest()
+    assert json.loads(md["ss_tag_frequency"])["5_tt_dog"]["tt_dog"] == 4
+    assert json.loads(md["ss_dataset_dirs"]) == {"5_tt_dog": {"n_repeats": 5, "img_count": 4}}
+    # sshs_model_hash: sha256 of the tensor bytes after the safetensors header, as sd-scripts computes it
+    blob = run.final.read_bytes()
+    header = int.from_bytes(blob[:8], "little")
+    assert md["sshs_model_hash"] == hashlib.sha256(blob[8 + header:]).hexdigest()
+    _, md_epoch1 = load_lora(run.final.with_name("tt-000001.safetensors"))
+    assert md_epoch1["ss_epoch"] == "1" and md_epoch1["ss_training_finished_at"] == "None"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_key_lands_on_a_module_in_the_webui(two_epoch_runs, tiny_models, arch):
+    """The WebUI's Lora extension drops keys it cannot map without a word: every key must map."""
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_models[arch]), framework="pt") as fh:
+        layers = webui_network_layer_names(list(fh.keys()), arch)
+    tensors, _ = load_lora(two_epoch_runs[arch].final)
+    assert webui_dropped_keys(tensors, layers, arch) == []
+    assert webui_unapplied_modules({k.split(".")[0] for k in tensors}, layers, arch) == []
+    if arch == "sd1":  # SD1.5-shaped: the module count sd-scripts' LoRA has
+        modules = {k.split(".")[0] for k in tensors}
+        assert len([m for m in modules if m.startswith("lora_unet")]) == 192
+        assert len([m for m in modules if m.startswith("lora_te")]) == 72
+
+
+# diffusers 0.29 converts kohya files to its legacy names: `<module>.lora`, `<module>.lora_linear_layer`, and for
+# attention `<attn>.processor.to_q_lora` (UNet) / `<self_attn>.to_q_lora` (text encoder).
+_DIFFUSERS_LORA_SUFFIX = re.compile(r"\.(lora|lora_linear_layer)$")
+_LEGACY_ATTN = {"processor.to_q_lora": "to_q", "processor.to_k_lora": "to_k", "processor.to_v_lora": "to_v",
+                "processor.to_out_lora": "to_out.0", "to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v",
+                "to_out_lora": "to_out.0"}
+_TE_ATTN = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out.0": "out_proj"}
+
+
+def _apply_diffusers_lora(pipe, state: dict, alphas: dict) -> int:
+    """Merge a LoRA in diffusers' own naming into the pipeline's weights; returns the number of modules.
+
+    diffusers 0.29's load_lora_weights needs its PEFT backend (peft and transformers >= 4.34), which the WebUI 1.10
+    environment the tests run in does not have; its key conversion (lora_state_dict) is what decides whether a
+    kohya-format file is understood, and every converted key must name a real module."""
+    merged = 0
+    for key, down in state.items():
+        if not key.endswith("down.weight"):
+            continue
+        component, _, path = key.partition(".")
+        path = _DIFFUSERS_LORA_SUFFIX.sub("", path[: -len(".down.weight")])
+        for legacy, module_name in _LEGACY_ATTN.items():
+            if path.endswith(legacy):
+                target = _TE_ATTN[module_name] if component.startswith("text_encoder") else module_name
+                path = path[: -len(legacy)] + target
+        up = state[key.replace("down.weight", "up.weight")]
+        module = getattr(pipe, component).get_submodule(path)
+        scale = alphas.get(key + ".alpha", down.shape[0])
+        delta = (up.flatten(1).float() @ down.flatten(1).float()) * (float(scale) / down.shape[0])
+        with torch.no_grad():
+            module.weight += delta.reshape(module.weight.shape).to(module.weight.dtype)
+        merged += 1
+    return merged
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_diffusers_reads_every_key_and_the_lora_changes_the_output(two_epoch_runs, tiny_models, arch):
+    from lib_trainer.trainer.models import load_model
+    from lib_trainer.trainer.sampling import build_pipeline
+
+    model = load_model(str(tiny_models[arch]), v_prediction=arch == "sd2-v")
+    pipe = build_pipeline(model, "euler")
+
+    def draw():
+        generator = torch.Generator().manual_seed(7)
+        return pipe("tt_dog, dog", num_inference_steps=3, width=64, height=64, generator=generator,
+                    guidance_scale=5.0, output_type="np").images[0]
+
+    before = draw()
+    tensors, _ = load_lora(two_epoch_runs[arch].final)
+    state, alphas = pipe.lora_state_dict(str(two_epoch_runs[arch].final), unet_config=pipe.unet.config)
+    n_modules = len({k.split(".")[0] for k in tensors})
+    assert _apply_diffusers_lora(pipe, state, alphas) == n_modules
+    after = draw()
+    assert abs(after - before).max() > 1e-4
+
+
+def test_resume_from_saved_state_equals_uninterrupted(tiny_models, tmp_path):
+    model = tiny_models["sd2-v"]
+    make_dataset(tmp_path)
+    common = dict(max_train_epochs=2, save_every_n_epochs=1, save_state=True, v_parameterization=True,
+                  train_batch_size=2, shuffle_caption=True, flip_aug=True, caption_tag_dropout_rate=0.2)
+    full = train(make_config(tmp_path, model, output_dir=str(tmp_path / "full"), **common)).assert_ok()
+    state = tmp_path / "full" / "tt-000001-state"
+    assert (state / "train_state.json").is_file()
+    resumed = train(make_config(tmp_path, model, output_dir=str(tmp_path / "resumed"), resume=str(state), **common)).assert_ok()
+    assert resumed.one("start")["resumed_from_step"] == 10
+    assert [e["step"] for e in resumed.of("step")] == list(range(11, 21))
+    a, _ = load_lora(full.final)
+    b, _ = load_lora(resumed.final)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _trainer_process(config: Path) -> subprocess.Popen:
+    from lib_trainer import deps
+
+    # one thread like the in-process runs: float sums in another order would differ in the last bits
+    env = dict(deps.trainer_env(sys.executable), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "lib_trainer.trainer", str(config)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def test_sigint_checkpoints_and_resume_matches_uninterrupted(tiny_models, tmp_path):
+    """Stop (SIGINT) mid-run: a checkpoint and a state are written, `done` says interrupted, exit 0; resuming from
+    that state ends with exactly the weights of a run that was never stopped."""
+    from lib_trainer.trainer.schema import save_config
+
+    model = tiny_models["sd2-v"]
+    make_dataset(tmp_path)
+    common = dict(max_train_steps=16, v_parameterization=True, train_batch_size=1)
+    full = train(make_config(tmp_path, model, output_dir=str(tmp_path / "full"), **common)).assert_ok()
+
+    cfg = make_config(tmp_path, model, output_dir=str(tmp_path / "stopped"), **common)
+    save_config(cfg, tmp_path / "stopped.toml")
+    proc = _trainer_process(tmp_path / "stopped.toml")
+    events = []
+    for line in proc.stdout:
+        if not line.startswith("{"):
+            continue
+        events.append(json.loads(line))
+        if events[-1]["event"] == "step" and events[-1]["step"] == 3:
+            proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0
+    done = events[-1]
+    assert done["event"] == "done" and done["interrupted"] is True
+    stopped_at = done["steps"]
+    assert 3 <= stopped_at < 16
+    checkpoint = tmp_path / "stopped" / f"tt-step{stopped_at:08d}.safetensors"
+    assert done["checkpoints"] == [str(checkpoint)] and checkpoint.is_file()
+
+    resumed = train(make_config(tmp_path, model, output_dir=str(tmp_path / "resumed"),
+                                resume=str(tmp_path / "stopped" / f"tt-step{stopped_at:08d}-state"), **common)).assert_ok()
+    assert resumed.of("step")[0]["step"] == stopped_at + 1
+    a, _ = load_lora(full.final)
+    b, _ = load_lora(resumed.final)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_subprocess_reports_garbage_free_event_lines_and_config_errors(tmp_path):
+    """Through the real command: a config error is an error event on stdout and exit code 2."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('pretrained_model_name_or_path = "x"\nnetwork_dimension = 8\n', encoding="utf-8")
+    proc = _trainer_process(bad)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert events[-1]["event"] == "error" and "network_dimension" in events[-1]["message"]
