@@ -261,3 +261,29 @@ def test_subprocess_reports_garbage_free_event_lines_and_config_errors(tmp_path)
     assert proc.returncode == 2
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert events[-1]["event"] == "error" and "network_dimension" in events[-1]["message"]
+
+
+def test_cuda_out_of_memory_ends_with_advice_and_keeps_checkpoints(tiny_models, tmp_path, monkeypatch):
+    """An OOM in the middle of a run (simulated: there is no GPU here) ends with an error event that says what to
+    lower, and the checkpoint written before it stays."""
+    from lib_trainer.trainer.train import Trainer
+
+    real = Trainer.loss_for
+    calls = {"n": 0}
+
+    def failing_loss(self, batch, epoch, index):
+        calls["n"] += 1
+        if epoch == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, batch, epoch, index)
+
+    monkeypatch.setattr(Trainer, "loss_for", failing_loss)
+    cfg = make_config(tmp_path, tiny_models["sd2-v"], max_train_epochs=2, save_every_n_epochs=1,
+                      v_parameterization=True, train_batch_size=4)
+    result = train(cfg)
+    assert result.code == 3 and result.events[-1]["event"] == "error"
+    message = result.error
+    for advice in ("train_batch_size", "resolution", "gradient_checkpointing", "cache_latents", "kept"):
+        assert advice in message
+    kept = Path(cfg.output_dir) / "tt-000001.safetensors"
+    assert kept.is_file() and result.events[-1]["checkpoints"] == [str(kept)]
