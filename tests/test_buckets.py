@@ -158,3 +158,13 @@ def test_bucket_info_shape():
         buckets.index((640, 384)): {"resolution": [640, 384], "count": 1},
     }
     assert info["mean_img_ar_error"] == pytest.approx(abs(700 / 400 - 640 / 384) / 4)
+
+
+def test_sdxl_time_ids_from_geometry_match_the_decoded_crop():
+    """Cached latents take SDXL's size conditioning from geometry alone; it must equal the real crop's."""
+    from PIL import Image
+
+    from lib_trainer.trainer.buckets import resize_crop, sdxl_time_ids
+
+    for size, bucket in [((96, 64), (64, 64)), ((64, 160), (64, 128)), ((300, 200), (192, 128)), ((50, 50), (64, 64))]:
+        assert sdxl_time_ids(size, bucket) == resize_crop(Image.new("RGB", size), bucket).sdxl_time_ids

@@ -29,6 +29,8 @@ __all__ = [
     "no_bucket",
     "assign_bucket",
     "assign_bucket_no_upscale",
+    "cover_and_center",
+    "sdxl_time_ids",
     "resize_crop",
     "batches_by_bucket",
     "bucket_info",
@@ -203,6 +205,31 @@ class ResizedCrop(NamedTuple):
         return (oh, ow, top, left, th, tw)
 
 
+def cover_and_center(image_size: Tuple[int, int], bucket: Tuple[int, int]) -> Tuple[Bucket, Tuple[int, int]]:
+    """The size a picture is scaled to so that it covers ``bucket``, and the ``(top, left)`` of a centered crop.
+
+    Pure geometry: callers that only need SDXL's size conditioning (cached latents) need not decode the picture.
+    """
+    bw, bh = _image_size(bucket)
+    w, h = image_size
+    if w < 1 or h < 1:
+        raise ValueError(f"cannot resize an empty image ({w}×{h})")
+    scale = max(bw / w, bh / h)
+    rw = max(bw, round(w * scale))
+    rh = max(bh, round(h * scale))
+    return (rw, rh), ((rh - bh) // 2, (rw - bw) // 2)
+
+
+def sdxl_time_ids(image_size: Tuple[int, int], bucket: Tuple[int, int]) -> Tuple[int, int, int, int, int, int]:
+    """SDXL's size conditioning of a centered crop: original (h, w), crop (top, left), target (h, w).
+
+    The same numbers as ``resize_crop(...).sdxl_time_ids`` without a random crop."""
+    _, (top, left) = cover_and_center(image_size, bucket)
+    w, h = image_size
+    bw, bh = _image_size(bucket)
+    return (h, w, top, left, bh, bw)
+
+
 def resize_crop(
     image: Image.Image, bucket: Tuple[int, int], *, rng: Optional[random.Random] = None
 ) -> ResizedCrop:
@@ -212,16 +239,10 @@ def resize_crop(
     """
     bw, bh = _image_size(bucket)
     w, h = image.size
-    if w < 1 or h < 1:
-        raise ValueError(f"cannot resize an empty image ({w}×{h})")
-    scale = max(bw / w, bh / h)
-    rw = max(bw, round(w * scale))
-    rh = max(bh, round(h * scale))
+    (rw, rh), (top, left) = cover_and_center(image.size, bucket)
     if (rw, rh) != (w, h):
         image = image.resize((rw, rh), _LANCZOS)
-    if rng is None:
-        left, top = (rw - bw) // 2, (rh - bh) // 2
-    else:
+    if rng is not None:
         left, top = rng.randint(0, rw - bw), rng.randint(0, rh - bh)
     if (rw, rh) != (bw, bh):
         image = image.crop((left, top, left + bw, top + bh))

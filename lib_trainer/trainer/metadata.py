@@ -17,7 +17,7 @@ from .schema import TrainConfig
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 
-def modelspec_architecture(arch: str, v_prediction: bool, resolution: tuple[int, int]) -> str:
+def modelspec_architecture(arch: str, v_prediction: bool) -> str:
     if arch == "sd1":
         base = "stable-diffusion-v1"
     elif arch == "sd2":
@@ -135,7 +135,7 @@ def build_metadata(
         "ss_sd_model_hash": model_hash,
         "ss_new_sd_model_hash": new_model_hash,
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": modelspec_architecture(arch, v_prediction, (w, h)),
+        "modelspec.architecture": modelspec_architecture(arch, v_prediction),
         "modelspec.implementation": (
             "https://github.com/Stability-AI/generative-models" if arch == "sdxl" else "diffusers"
         ),

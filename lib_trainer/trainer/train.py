@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import buckets as bucketing
 from . import data as data_mod
 from .events import EventWriter
 from .folders import describe_empty, scan_dataset
@@ -202,19 +203,15 @@ class Trainer:
     def latents_for(self, batch: data_mod.Batch, flips: list[bool], gen: torch.Generator) -> tuple[torch.Tensor, list]:
         m = self.model
         latents: list[Optional[torch.Tensor]] = []
-        time_ids = []
         todo = []
         for i, (sample, flip) in enumerate(zip(batch.samples, flips)):
             cached = self.latent_cache.get(sample.entry, batch.bucket, flip) if self.latent_cache else None
             latents.append(cached)
             if cached is None:
                 todo.append(i)
-        pixel_list = {}
-        for i, (sample, flip) in enumerate(zip(batch.samples, flips)):
-            px, ids = data_mod.pixels(sample.entry, batch.bucket, flip)
-            time_ids.append(ids)
-            if i in todo:
-                pixel_list[i] = px
+        # cached latents need no picture decode; SDXL's size conditioning is plain geometry
+        time_ids = [bucketing.sdxl_time_ids(s.entry.size, batch.bucket) for s in batch.samples]
+        pixel_list = {i: data_mod.pixels(batch.samples[i].entry, batch.bucket, flips[i])[0] for i in todo}
         if todo:
             stacked = torch.stack([pixel_list[i] for i in todo]).to(self.device, dtype=m.vae.dtype)
             with torch.no_grad():
