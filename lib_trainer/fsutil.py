@@ -1,0 +1,85 @@
+"""Atomic file writes and safe file names for everything outside the trainer (standard library only).
+
+A crash or a full disk in the middle of a write must never leave a half-written JSON, TOML, picture or LoRA:
+write to a temporary file in the same folder, flush it to disk, then ``os.replace`` it over the target.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import Any, Callable, Union
+
+from lib_trainer.trainer.schema import atomic_write_text
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_copy", "atomic_save",
+           "read_json", "short_hash", "safe_file_stem"]
+
+
+def atomic_save(path: PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` to produce the file, then move it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:40]}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    atomic_save(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_json(path: PathLike, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_copy(src: PathLike, dst: PathLike) -> None:
+    atomic_save(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def read_json(path: PathLike, default: Any = None) -> Any:
+    """The JSON in ``path``, or ``default`` when the file does not exist."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return default
+
+
+def short_hash(*parts: Union[str, bytes], length: int = 12) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8") if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()[:length]
+
+
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]+')
+
+
+def safe_file_stem(text: str, max_len: int = 40) -> str:
+    """A short file-name stem derived from arbitrary text (a prompt, say): safe on every OS, never empty.
+
+    For display only — uniqueness comes from whatever the caller appends (an index or a hash).
+    """
+    text = unicodedata.normalize("NFC", text)
+    text = _UNSAFE.sub("_", text).strip(" ._")
+    text = re.sub(r"\s+", "_", text)
+    return text[:max_len].rstrip(" ._") or "untitled"
