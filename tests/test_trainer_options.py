@@ -615,3 +615,32 @@ def test_bad_settings_fail_clearly(tiny_sd1, guarded, overrides, words):
     assert result.code == 2
     for word in words:
         assert word in result.error, result.error
+
+
+def test_checkpoints_are_scored_on_held_out_pictures_when_there_are_enough(tiny_sd1, tmp_path, monkeypatch):
+    from lib_trainer.trainer import data as data_mod
+    from lib_trainer.trainer.train import Trainer
+
+    monkeypatch.setattr(Trainer, "EVAL_PICTURES", 4)
+    trained = set()
+    caption_for = data_mod.caption_for
+    monkeypatch.setattr(data_mod, "caption_for", lambda cfg, e, rng: trained.add(e.path.name) or caption_for(cfg, e, rng))
+    make_dataset(tmp_path, count=20)
+    cfg = make_config(tmp_path, tiny_sd1, max_train_steps=None, max_train_epochs=1, train_batch_size=4)
+    run = train(cfg)
+    assert run.code == 0, run.error
+    held = [w["path"] for w in run.of("warning") if "held out" in w["message"]]
+    assert len(held) == 2  # one in ten
+    start, checkpoint = run.one("start"), run.of("checkpoint")[-1]
+    assert start["images"] == 18 * 5 and start["eval_set"] == "held_out" and start["eval_images"] == 2
+    assert checkpoint["eval_set"] == "held_out" and math.isfinite(checkpoint["eval_loss"])
+    assert len(trained) == 18 and not trained & {Path(p).name for p in held}
+    # The same seed holds out the same pictures; 0 trains on all of them and scores a subset.
+    again = train(make_config(tmp_path, tiny_sd1, max_train_epochs=1, max_train_steps=None, train_batch_size=4,
+                              output_dir=str(tmp_path / "out2")))
+    assert [w["path"] for w in again.of("warning") if "held out" in w["message"]] == held
+    none = train(make_config(tmp_path, tiny_sd1, max_train_steps=1, eval_holdout_images=0,
+                             output_dir=str(tmp_path / "out3")))
+    assert none.one("start")["images"] == 20 * 5 and none.one("start")["eval_set"] == "train_subset"
+    few = train(make_config(tmp_path / "few", tiny_sd1, max_train_steps=1))
+    assert few.one("start")["eval_set"] == "train_subset"

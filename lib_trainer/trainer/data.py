@@ -56,6 +56,12 @@ class BatchPlan:
                 bucketing.assign_bucket(entry.size, self.buckets) if cfg.enable_bucket else self.buckets[0]
             )
 
+    def bucket_for(self, entry: ImageEntry) -> tuple[int, int]:
+        """The bucket of a training picture, or the one a picture outside the plan (held out) would get."""
+        if entry.path in self.bucket_of:
+            return self.bucket_of[entry.path]
+        return bucketing.assign_bucket(entry.size, self.buckets) if self.cfg.enable_bucket else self.buckets[0]
+
     def batches(self, epoch: int) -> list[Batch]:
         rng = random.Random(derive_seed(self.seed, "order", epoch))
         pairs = [(Sample(e, self.bucket_of[e.path]), self.bucket_of[e.path]) for e in self.items]

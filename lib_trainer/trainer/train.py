@@ -101,6 +101,7 @@ class Trainer:
             self.warn(message)
         if not self.scan.train_entries:
             raise TrainingError("the dataset is empty: " + describe_empty(self.scan))
+        self.eval_entries, self.eval_set = self.hold_out(cfg.eval_holdout_images)
         self.plan = data_mod.BatchPlan(cfg, self.scan, self.seed)
 
         # model
@@ -284,6 +285,30 @@ class Trainer:
     # ---- a fixed-noise score --------------------------------------------------------------------------
     EVAL_TIMESTEPS = (100, 300, 500, 700, 900)
     EVAL_PICTURES = 4
+    AUTO_HOLDOUT_MIN_PICTURES = 20
+
+    def hold_out(self, requested: int) -> tuple[list, str]:
+        """Choose the pictures that score each checkpoint and, when held out, take them out of training.
+
+        Held-out pictures measure how well a checkpoint generalises rather than how well it memorised; with
+        few pictures every one is needed for training, so a fixed subset of them is scored instead. The choice
+        depends only on the seed and the file names, so a resumed run holds out the same pictures."""
+        train = self.scan.train_entries
+        if requested < 0:
+            count = min(self.EVAL_PICTURES, len(train) // 10) if len(train) >= self.AUTO_HOLDOUT_MIN_PICTURES else 0
+        else:
+            count = min(requested, len(train) - 1)
+        if count <= 0:
+            return train[: self.EVAL_PICTURES], "train_subset"
+        order = sorted(train, key=lambda e: (e.folder, e.path.name))
+        random.Random(data_mod.derive_seed(self.seed, "holdout")).shuffle(order)
+        held = order[:count]
+        held_paths = {e.path for e in held}
+        self.scan.entries = [e for e in self.scan.entries if e.path not in held_paths]
+        for entry in held:
+            self.warn(f"{entry.path.name} is held out of training to score the checkpoints "
+                      "(eval_holdout_images = 0 trains on every picture)", path=str(entry.path))
+        return held, "held_out"
 
     @torch.no_grad()
     def fixed_noise_score(self) -> float:
@@ -294,11 +319,11 @@ class Trainer:
         network = self.unwrapped_network()
         was_training = network.training
         network.eval()
-        entries = self.scan.train_entries[: self.EVAL_PICTURES]
+        entries = self.eval_entries
         gen = torch.Generator().manual_seed(data_mod.derive_seed(self.seed, "eval"))
         total = 0.0
         for entry in entries:
-            bucket = self.plan.bucket_of[entry.path]
+            bucket = self.plan.bucket_for(entry)
             px, ids = data_mod.pixels(entry, bucket, flip=False)
             latent = m.vae.encode(px[None].to(self.device, m.vae.dtype)).latent_dist.mean.float()
             latent = latent * m.vae.config.scaling_factor
@@ -334,7 +359,7 @@ class Trainer:
         atomic_save_safetensors(tensors, path, metadata)
         self.checkpoints.append(str(path))
         self.events.emit("checkpoint", epoch=epoch, step=self.global_step, path=str(path),
-                         eval_loss=round(self.fixed_noise_score(), 6))
+                         eval_loss=round(self.fixed_noise_score(), 6), eval_set=self.eval_set)
 
     def save_state(self, folder: Path, epoch: int, step_in_epoch: int) -> None:
         """Everything needed to continue exactly: network (fp32), optimizer, scheduler, scaler, position."""
@@ -435,6 +460,7 @@ class Trainer:
             dtype=str(self.weight_dtype).replace("torch.", ""), arch=m.arch, v_prediction=self.v_prediction,
             resumed_from_step=self.global_step, seed=self.seed,
             eval_loss=round(self.fixed_noise_score(), 6) if self.accelerator.is_main_process else None,
+            eval_set=self.eval_set, eval_images=len(self.eval_entries),
         )
         loss_sum = torch.zeros((), device=self.device)
         loss_count = 0
