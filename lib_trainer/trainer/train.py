@@ -458,7 +458,7 @@ class Trainer:
             "start", total_steps=self.total_steps, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
             images=self.scan.num_train_items, reg_images=self.scan.num_reg_items, device=str(self.device),
             dtype=str(self.weight_dtype).replace("torch.", ""), arch=m.arch, v_prediction=self.v_prediction,
-            resumed_from_step=self.global_step, seed=self.seed,
+            resumed_from_step=self.global_step, seed=self.seed, batch_size=cfg.train_batch_size,
             eval_loss=round(self.fixed_noise_score(), 6) if self.accelerator.is_main_process else None,
             eval_set=self.eval_set, eval_images=len(self.eval_entries),
         )
