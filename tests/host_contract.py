@@ -81,16 +81,15 @@ def standalone_host(tiny_sd1, contract_lora, tmp_path_factory) -> HostUnderTest:
 
 @pytest.fixture(scope="session")
 def webui_host(tiny_sd1, contract_lora) -> HostUnderTest:
-    """HOOK for the WebUI host (lib_trainer/hosts/webui.py) — to be filled in by its author.
-
-    When ``TRAIN_TOOLS_WEBUI_DIR`` points at a real WebUI: start it on loopback with this extension linked in and
-    ``tiny_sd1`` in its models/Stable-diffusion, and return a HostUnderTest whose host drives that WebUI (its
-    checkpoint = the tiny model's title or path there, its lora = ``contract_lora``). Without the variable the
-    WebUI cases are skipped, as in CI.
-    """
+    """The WebUI host inside a real WebUI (``TRAIN_TOOLS_WEBUI_DIR``), started on loopback with this extension
+    linked in and ``tiny_sd1`` in its models/Stable-diffusion, driven over HTTP (see tests/webui_server.py).
+    Without the variable the WebUI cases are skipped, as in CI."""
     if not os.environ.get(WEBUI_ENV):
         pytest.skip(f"{WEBUI_ENV} is not set: no real WebUI to test the WebUI host against")
-    pytest.fail(f"{WEBUI_ENV} is set but the webui_host fixture in tests/host_contract.py is not written yet")
+    from tests.webui_server import RemoteHost, shared_server
+
+    server = shared_server(tiny_sd1)
+    return HostUnderTest(host=RemoteHost(server), checkpoint=str(server.checkpoint), lora=contract_lora)
 
 
 HOSTS = ["standalone", "webui"]

@@ -1,0 +1,357 @@
+"""A real WebUI for the WebUI-host tests: started on loopback, driven over HTTP, stopped at the end.
+
+How the WebUI host is tested against a real WebUI (``TRAIN_TOOLS_WEBUI_DIR=/path/to/stable-diffusion-webui``):
+
+- The WebUI is started from its own folder with its own Python (``<dir>/venv/bin/python``, or
+  ``TRAIN_TOOLS_WEBUI_PYTHON``) and ``--data-dir`` pointing at a temporary folder, so nothing in the WebUI install is
+  changed: the temporary folder holds the WebUI's config, its models folder (the tiny SD1 checkpoint with a yaml
+  and a local CLIP text-encoder config beside it, since the machine is offline), its Lora folder, and an
+  ``extensions/`` folder with two symlinks made for the run: this repository (the real extension) and
+  ``tests/webui_probe`` (a test-only extension). Everything is removed when the process ends.
+- The test-only extension exposes the real ``lib_trainer.hosts.webui.WebUIHost`` — constructed inside the WebUI
+  process, using the real ``modules``, queue lock and Lora extension — as one HTTP route. :class:`RemoteHost` is a
+  ``Host`` that forwards each call there, so ``tests/host_contract.py`` runs unchanged against the real WebUI.
+  Interrupt events are forwarded too: setting the event asks the server to set the request's own event.
+- The WebUI's own API (``/sdapi/v1/…``, enabled with ``--api``) is used to observe from outside what the host did
+  (tests/test_webui_real.py): the checkpoint list, the Lora list, the options a request must leave unchanged, and a
+  person's own txt2img after ours.
+- The WebUI runs with ``HF_HUB_OFFLINE=1``: nothing can be downloaded here. DeepBooru gets stand-in weights (random,
+  in the real model's architecture, with a short tag list) so that the real tagging path runs; BLIP/CLIP cannot
+  run offline and are therefore not offered by the host.
+
+Start-up costs about half a minute on a CPU; one server is shared by every test module of the session.
+"""
+from __future__ import annotations
+
+import atexit
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+from lib_trainer.hosts.base import (
+    CheckpointInfo,
+    Host,
+    HostError,
+    HostInterrupted,
+    TaggerInfo,
+    Txt2ImgRequest,
+    Txt2ImgResult,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = REPO / "tests" / "webui_probe"
+WEBUI_ENV = "TRAIN_TOOLS_WEBUI_DIR"
+PYTHON_ENV = "TRAIN_TOOLS_WEBUI_PYTHON"
+START_TIMEOUT = 420.0
+CHECKPOINT_NAME = "tiny-sd1"
+DEEPBOORU_TAGS = ["1girl", "solo", "dog", "outdoors", "red_ball", "^_^", "rating:safe"]
+
+
+# ---- the tiny checkpoint, set up the way a WebUI loads it ------------------------------------------------------
+
+def write_tiny_sd1_config(webui_dir: Path, checkpoint: Path, clip_dir: Path) -> Path:
+    """``<checkpoint>.yaml`` for a tiny SD1 model, made from the WebUI's own ``configs/v1-inference.yaml``, plus a
+    local CLIP text-encoder config and tokenizer in ``clip_dir`` (the yaml's FrozenCLIPEmbedder would otherwise
+    fetch ``openai/clip-vit-large-patch14`` from the Hugging Face hub)."""
+    import re
+
+    from lib_trainer.tiny_model import TINY_CONFIGS
+    from lib_trainer.trainer.tokenizer import load_clip_tokenizer
+
+    cfg = TINY_CONFIGS["sd1"]
+    te = cfg["text_encoders"][0]
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    (clip_dir / "config.json").write_text(json.dumps({
+        "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "hidden_size": te["width"],
+        "intermediate_size": 4 * te["width"], "num_hidden_layers": te["layers"], "num_attention_heads": 1,
+        "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+        "projection_dim": te["width"], "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
+    }), encoding="utf-8")
+    load_clip_tokenizer().save_pretrained(str(clip_dir))
+
+    text = (webui_dir / "configs" / "v1-inference.yaml").read_text(encoding="utf-8")
+    unet, vae = cfg["unet"], cfg["vae"]
+
+    def sub(pattern: str, replacement: str) -> None:
+        nonlocal text
+        text, count = re.subn(pattern, replacement, text, count=1)
+        assert count == 1, f"v1-inference.yaml has no {pattern!r}"
+
+    sub(r"model_channels: 320", f"model_channels: {unet['model_channels']}")
+    sub(r"channel_mult: \[ 1, 2, 4, 4 \]", "channel_mult: [ " + ", ".join(map(str, unet["channel_mult"])) + " ]")
+    sub(r"num_heads: 8", f"num_heads: {unet['num_heads']}")
+    sub(r"context_dim: 768", f"context_dim: {unet['context_dim']}")
+    sub(r"ch: 128", f"ch: {vae['ch']}")
+    sub(r"ch_mult:\n(\s+)- 1\n\s+- 2\n\s+- 4\n\s+- 4",
+        "ch_mult:\n" + "\n".join(r"\g<1>- " + str(m) for m in vae["ch_mult"]))
+    sub(r"(target: ldm\.modules\.encoders\.modules\.FrozenCLIPEmbedder)\s*$",
+        r"\g<1>\n      params:\n        version: " + json.dumps(str(clip_dir)) + "\n")
+    yaml = checkpoint.with_suffix(".yaml")
+    yaml.write_text(text, encoding="utf-8")
+    return yaml
+
+
+def write_deepbooru_standin(python: str, webui_dir: Path, target: Path) -> None:
+    """Random weights in the architecture of the WebUI's DeepDanbooru model (built by the WebUI's own
+    ``modules/deepbooru_model.py``), with a short tag list: the real tagging code runs; the tags mean nothing."""
+    script = (
+        "import sys, torch\n"
+        "sys.path.insert(0, '.')\n"
+        "from modules import deepbooru_model\n"
+        "torch.manual_seed(0)\n"
+        "model = deepbooru_model.DeepDanbooruModel()\n"
+        f"tags = {DEEPBOORU_TAGS!r}\n"
+        "tags += [f'standin_{i}' for i in range(model.n_Conv_178.out_channels - len(tags))]\n"
+        "state = {k: v.half() for k, v in model.state_dict().items()}\n"
+        "state['tags'] = tags\n"
+        "import io, zipfile\n"
+        "buffer = io.BytesIO()\n"
+        "torch.save(state, buffer)\n"
+        # the WebUI's safe unpickler accepts only the entries older torch wrote (no .format_version and
+        # .storage_alignment), as a real downloaded model-resnet_custom_v3.pt has them
+        "source = zipfile.ZipFile(buffer)\n"
+        f"with zipfile.ZipFile({str(target)!r}, 'w', zipfile.ZIP_STORED) as out:\n"
+        "    for info in source.infolist():\n"
+        "        if info.filename.rsplit('/', 1)[-1] not in ('.format_version', '.storage_alignment'):\n"
+        "            out.writestr(info, source.read(info.filename))\n"
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([python, "-c", script], cwd=webui_dir, check=True, env=_child_env(), capture_output=True,
+                   timeout=600)
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COMMANDLINE_ARGS", "PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TRAIN_TOOLS_REPO=str(REPO), PYTHONUNBUFFERED="1")
+    return env
+
+
+# ---- the server --------------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class WebUIServer:
+    """One real WebUI process with Train Tools and the probe extension, on 127.0.0.1."""
+
+    def __init__(self, webui_dir: Path, tiny_checkpoint: Path) -> None:
+        self.webui_dir = webui_dir.resolve()
+        python = os.environ.get(PYTHON_ENV) or str(self.webui_dir / "venv" / "bin" / "python")
+        if not Path(python).exists():
+            raise RuntimeError(f"no Python for the WebUI at {python}: set {PYTHON_ENV}")
+        self.python = python
+        self.root = Path(tempfile.mkdtemp(prefix="tt-webui-"))
+        self.data_dir = self.root / "data"
+        self.log_path = self.root / "webui.log"
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process: Optional[subprocess.Popen] = None
+
+        models = self.data_dir / "models"
+        self.checkpoint = models / "Stable-diffusion" / f"{CHECKPOINT_NAME}.safetensors"
+        self.checkpoint.parent.mkdir(parents=True)
+        shutil.copyfile(tiny_checkpoint, self.checkpoint)
+        write_tiny_sd1_config(self.webui_dir, self.checkpoint, models / "tiny-clip-sd1")
+        write_deepbooru_standin(self.python, self.webui_dir, models / "torch_deepdanbooru" / "model-resnet_custom_v3.pt")
+        extensions = self.data_dir / "extensions"
+        extensions.mkdir()
+        (extensions / "train_tools").symlink_to(REPO, target_is_directory=True)
+        (extensions / "train_tools_probe").symlink_to(PROBE, target_is_directory=True)
+
+    def start(self) -> None:
+        args = [
+            self.python, "launch.py", "--skip-prepare-environment", "--skip-install", "--skip-torch-cuda-test",
+            "--skip-version-check", "--no-download-sd-model", "--use-cpu", "all", "--no-half", "--api",
+            "--server-name", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
+            "--ckpt", str(self.checkpoint),
+        ]
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(args, cwd=self.webui_dir, env=_child_env(), stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the WebUI exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if self.call("name") and self.get("/sdapi/v1/sd-models"):
+                    return
+            except (OSError, RemoteError, ValueError):
+                pass
+            time.sleep(1.0)
+        raise RuntimeError(f"the WebUI did not answer within {START_TIMEOUT:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+        shutil.rmtree(self.root, ignore_errors=True)  # symlinks are removed, never followed
+
+    # ---- HTTP ---------------------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Any = None, timeout: float = 600.0) -> Any:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read().decode("utf-8") or "null")
+
+    def get(self, path: str) -> Any:
+        return self._request("GET", path)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self._request("POST", path, body if body is not None else {})
+
+    def call(self, method: str, **args: Any) -> Any:
+        answer = self._request("POST", "/train_tools_probe/v1/call", {"method": method, "args": args})
+        error = answer.get("error")
+        if error:
+            kind = {"HostInterrupted": HostInterrupted, "HostError": HostError}.get(error["kind"], RemoteError)
+            raise kind(error["message"])
+        return answer.get("result")
+
+
+class RemoteError(RuntimeError):
+    """Something other than a HostError went wrong inside the WebUI."""
+
+
+_server: Optional[WebUIServer] = None
+_server_lock = threading.Lock()
+
+
+def shared_server(tiny_checkpoint: Path) -> WebUIServer:
+    """The session's WebUI (started on first use, stopped when the test process exits)."""
+    global _server
+    with _server_lock:
+        if _server is None:
+            webui_dir = Path(os.environ[WEBUI_ENV])
+            server = WebUIServer(webui_dir, tiny_checkpoint)
+            try:
+                server.start()
+            except BaseException:
+                server.stop()
+                raise
+            atexit.register(server.stop)
+            _server = server
+        return _server
+
+
+# ---- the Host that forwards to it --------------------------------------------------------------------------------
+
+def _png(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _image(data: str):
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    image.load()
+    return image
+
+
+class RemoteHost(Host):
+    """The WebUI host of a running WebUI, called through the probe extension (see the module docstring)."""
+
+    def __init__(self, server: WebUIServer) -> None:
+        self.server = server
+        self.name = server.call("name")
+
+    def checkpoints(self, refresh: bool = False) -> list[CheckpointInfo]:
+        return [CheckpointInfo(**c) for c in self.server.call("checkpoints", refresh=refresh)]
+
+    def release_gpu(self) -> None:
+        self.server.call("release_gpu")
+
+    def restore_gpu(self) -> None:
+        self.server.call("restore_gpu")
+
+    def txt2img(self, request: Txt2ImgRequest, *, interrupt: Optional[threading.Event] = None) -> Txt2ImgResult:
+        from dataclasses import asdict
+
+        token = uuid.uuid4().hex if interrupt is not None else ""
+        done = threading.Event()
+
+        def forward() -> None:  # the event lives here; the request's own event lives in the WebUI
+            while not done.wait(0.05):
+                if interrupt.is_set():
+                    while not done.is_set() and not self.server.call("set_event", token=token):
+                        done.wait(0.05)  # the request has not reached the host yet
+                    return
+
+        watcher = None
+        if interrupt is not None:
+            watcher = threading.Thread(target=forward, daemon=True)
+            watcher.start()
+        try:
+            answer = self.server.call("txt2img", request=asdict(request), token=token,
+                                      interrupted=interrupt is not None and interrupt.is_set())
+        finally:
+            done.set()
+            if watcher is not None:
+                watcher.join()
+        return Txt2ImgResult(image=_image(answer["image"]), infotext=answer["infotext"], seed=answer["seed"],
+                             loras_applied=answer["loras_applied"])
+
+    def interrupt(self) -> None:
+        self.server.call("interrupt")
+
+    def samplers(self) -> list[str]:
+        return self.server.call("samplers")
+
+    def taggers(self) -> list[TaggerInfo]:
+        return [TaggerInfo(**t) for t in self.server.call("taggers")]
+
+    def tag(self, tagger_id: str, image, threshold: Optional[float] = None) -> list[str]:
+        return self.server.call("tag", tagger_id=tagger_id, image=_png(image.convert("RGB")), threshold=threshold)
+
+    def upscalers(self) -> list[str]:
+        return self.server.call("upscalers")
+
+    def upscale(self, image, upscaler: str, scale: float):
+        return _image(self.server.call("upscale", image=_png(image.convert("RGB")), upscaler=upscaler, scale=scale))
+
+    def lora_dir(self) -> Path:
+        return Path(self.server.call("lora_dir"))
+
+    def outputs_dir(self) -> Path:
+        return Path(self.server.call("outputs_dir"))
+
+    def refresh_loras(self) -> None:
+        self.server.call("refresh_loras")
+
+    def send_to_txt2img(self, prompt: str) -> bool:
+        return self.server.call("send_to_txt2img", prompt=prompt)
+
+    def forget_preview_loras(self, version_dir: Path) -> None:
+        self.server.call("forget_preview_loras", version_dir=str(version_dir))
