@@ -468,7 +468,8 @@ def _lora_problem(cell: PreviewCell, infotext: str, applied: Sequence[str]) -> O
             return tr("The host applied a LoRA ({names}) to the reference image, which must have none.",
                       names=", ".join(applied))
         return None
-    if "lora not found" in lowered or "networks not found" in lowered or "network not found" in lowered:
+    if any(marker in lowered for marker in ("lora not found", "networks not found", "network not found",
+                                            "networks with errors")):
         return tr("The host could not find the LoRA of {name}; its infotext says: {text}", name=cell.checkpoint.name,
                   text=_not_found_line(infotext))
     if not applied and cell.weight != 0.0:
@@ -479,7 +480,7 @@ def _lora_problem(cell: PreviewCell, infotext: str, applied: Sequence[str]) -> O
 
 def _not_found_line(infotext: str) -> str:
     for line in infotext.splitlines():
-        if "not found" in line.lower():
+        if "not found" in line.lower() or "with errors" in line.lower():
             return line.strip()
     return infotext.strip()[-200:]
 
