@@ -1,0 +1,155 @@
+"""``python -m lib_trainer.app``: the Train Tools tab without a WebUI, on the standalone (diffusers) host.
+
+    python -m lib_trainer.app [--workspace DIR] [--ckpt-dir DIR ...] [--host 127.0.0.1] [--port N] [--lang zh_CN]
+
+Serves the same tab the WebUI shows, on loopback by default. Base models are the ``.safetensors`` / ``.ckpt``
+files under ``--ckpt-dir`` (a WebUI's ``models/Stable-diffusion`` or ComfyUI's ``models/checkpoints``; default
+``<workspace>/models/Stable-diffusion``). With no checkpoint at all it offers the embedded tiny model (written
+once into the workspace), so a newcomer sees the whole flow — import, captions, training, preview — work on a
+CPU in minutes (the tiny model draws noise-like pictures: it shows the flow, not quality).
+
+Training jobs keep running when the app stops; the next start reattaches to them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
+
+from lib_trainer.i18n import set_language, tr
+
+WORKSPACE_ENV = "TRAIN_TOOLS_WORKSPACE"
+DEFAULT_WORKSPACE = Path("outputs") / "train_tools"
+TINY_MODEL_NAME = "tiny-sd1-embedded.safetensors"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def use_trainer_deps() -> None:
+    """Put the trainer's private dependencies (diffusers, lycoris, …) on this process's path: the standalone host
+    draws with them. (The WebUI process never does this; only its trainer subprocess uses them.)"""
+    from lib_trainer import deps
+
+    folder = str(deps.default_deps_dir())
+    if os.path.isdir(folder) and folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lib_trainer.app",
+                                     description=tr("Train Tools without a WebUI: the same tab, in your browser."))
+    parser.add_argument("--workspace", metavar="DIR", default=os.environ.get(WORKSPACE_ENV) or str(DEFAULT_WORKSPACE),
+                        help=tr("where projects, models and LoRAs are kept (default: ${env} or ./outputs/train_tools)",
+                                env=WORKSPACE_ENV))
+    parser.add_argument("--ckpt-dir", metavar="DIR", action="append", default=[],
+                        help=tr("a folder of base models (.safetensors/.ckpt), e.g. a WebUI's models/Stable-diffusion; "
+                                "may be given several times"))
+    parser.add_argument("--lora-dir", metavar="DIR", default=None,
+                        help=tr("where \"Use this checkpoint\" copies LoRAs (default: <workspace>/models/Lora)"))
+    parser.add_argument("--tiny", action="store_true",
+                        help=tr("offer the embedded tiny model even when other checkpoints are found"))
+    parser.add_argument("--host", default="127.0.0.1",
+                        help=tr("address to listen on (default 127.0.0.1: only this computer)"))
+    parser.add_argument("--port", type=int, default=None, help=tr("port (default: the first free one from 7860)"))
+    parser.add_argument("--lang", default=os.environ.get("TRAIN_TOOLS_LANG"),
+                        help=tr("language of the tab, e.g. zh_CN (default: English)"))
+    parser.add_argument("--preset", default="character", help=tr("preset selected for new versions"))
+    parser.add_argument("--device", default=None, help=tr("torch device for previews (default: cuda if present)"))
+    return parser.parse_args(argv)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def make_context(args: argparse.Namespace) -> Tuple[Any, List[str]]:
+    """The UIContext (workspace, standalone host, started job runner) and notes for the console."""
+    use_trainer_deps()
+    from lib_trainer import preview
+    from lib_trainer.hosts.standalone import StandaloneHost
+    from lib_trainer.jobs import JobRunner
+    from lib_trainer.projects import Workspace
+    from lib_trainer.ui.context import UIContext, UISettings
+
+    notes: List[str] = []
+    workspace = Workspace(Path(args.workspace).expanduser())
+    ckpt_dirs = [Path(d).expanduser().resolve() for d in args.ckpt_dir] or \
+        [workspace.root / "models" / "Stable-diffusion"]
+    for folder in ckpt_dirs:
+        if not folder.is_dir():
+            notes.append(tr("Checkpoint folder {folder} does not exist.", folder=str(folder)))
+    lora_dir = Path(args.lora_dir).expanduser().resolve() if args.lora_dir else workspace.root / "models" / "Lora"
+    host = StandaloneHost(workspace.root, ckpt_dirs, lora_dir=lora_dir, outputs_dir=workspace.root,
+                          device=args.device)
+    if args.tiny or not host.checkpoints():
+        tiny = workspace.root / "models" / TINY_MODEL_NAME
+        if not tiny.is_file():
+            from lib_trainer.tiny_model import write_tiny_checkpoint
+
+            write_tiny_checkpoint("sd1", tiny)
+        host = StandaloneHost(workspace.root, ckpt_dirs, lora_dir=lora_dir, outputs_dir=workspace.root,
+                              embedded_tiny=tiny, device=args.device)
+        notes.append(tr("No base model found: offering the embedded tiny model ({path}). Use --ckpt-dir for real "
+                        "checkpoints.", path=str(tiny)))
+    # Scanning reads each file's keys with the trainer's loader (torch, diffusers): do the slow first import now,
+    # not inside the first page load, where it would stall the server for seconds.
+    host.checkpoints()
+
+    def after_train(version: Any) -> None:
+        if preview.should_run_after_training(version):
+            preview.run_preview(version, host)
+
+    runner = JobRunner(workspace, host, after_train=after_train).start()
+    cuda = _cuda()
+    if not cuda:
+        notes.append(tr("No NVIDIA GPU: training runs on the CPU (slow except for the tiny model)."))
+    local = args.host in LOOPBACK
+    settings = UISettings(default_preset=args.preset, default_vram_gb=8 if cuda else 16,
+                          import_roots=None if local else [str(workspace.root)])
+    if not local:
+        notes.append(tr("Listening on {host}: anyone who can reach it can use the tab. \"Import folder\" is limited "
+                        "to the workspace.", host=args.host))
+    return UIContext(workspace, host, runner, settings), notes
+
+
+def build_app(ctx: Any) -> Any:
+    """The page: the tab rendered inside an outer Blocks, the way the WebUI renders extension tabs."""
+    import gradio as gr
+
+    from lib_trainer.ui import compat
+    from lib_trainer.ui.tab import build_tab, css
+
+    tab = build_tab(ctx)
+    with gr.Blocks(title=tr("Train Tools"), css=css(), analytics_enabled=False) as demo:
+        gr.Markdown(tr("## Train Tools"))
+        tab.render()
+    compat.enable_queue(demo)
+    return demo
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    set_language(args.lang)
+    ctx, notes = make_context(args)
+    for note in notes:
+        print(note, flush=True)
+    demo = build_app(ctx)
+    print(tr("Train Tools: workspace {path}", path=str(ctx.workspace.root)), flush=True)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, inbrowser=False, show_api=False,
+                    allowed_paths=[str(ctx.workspace.root)])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ctx.runner.shutdown(stop_running=False)  # a running trainer goes on; the next start reattaches
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

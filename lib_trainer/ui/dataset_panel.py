@@ -1,0 +1,309 @@
+"""Dataset: import pictures (drag and drop, zips, a server folder), the dataset report, preprocessing and repeats.
+
+Imported originals go to ``dataset/source/`` untouched; "Preprocess" makes ``dataset/train/<repeats>_<concept>/``,
+which the captions panel edits and the trainer reads. All work is done by ``lib_trainer.dataset``; this module only
+collects the options, calls it and shows what it says.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import gradio as gr
+
+from lib_trainer.i18n import tr
+from lib_trainer.projects import Version
+from lib_trainer.ui import compat, messages, version_settings
+from lib_trainer.ui.context import UIContext
+
+CROP_CHOICES = compat.Choices(("center", "focal", "none"), lambda v: {
+    "center": tr("Center crop"), "focal": tr("Focal crop (faces, then the busiest part)"),
+    "none": tr("No crop (keep the shape, train with buckets)")}[v])
+BUILT_IN_UPSCALER = "Lanczos"
+
+PREPROCESS_DEFAULTS: Dict[str, Any] = {"width": 512, "height": 512, "crop": "center", "flip": False,
+                                       "face_crops": False, "upscaler": "", "concept": "", "repeats": 10}
+
+
+@dataclass
+class DatasetPanel:
+    upload: Any
+    folder: Any
+    import_message: Any
+    report: Any
+    width: Any
+    height: Any
+    crop: Any
+    flip: Any
+    face_crops: Any
+    upscaler: Any
+    concept: Any
+    repeats: Any
+    repeats_hint: Any
+    preprocess_message: Any
+    preprocess_button: Any
+    import_done: List[Any]  # the events after which other panels refresh
+
+    def refresh_outputs(self) -> List[Any]:
+        return [self.report, self.width, self.height, self.crop, self.flip, self.face_crops, self.upscaler,
+                self.concept, self.repeats, self.repeats_hint, self.import_message, self.preprocess_message]
+
+
+# ---- logic -----------------------------------------------------------------------------------------------------
+def preprocess_settings(version: Optional[Version]) -> Dict[str, Any]:
+    stored = version_settings.get(version, "preprocess", {}) or {}
+    values = dict(PREPROCESS_DEFAULTS)
+    values.update({k: v for k, v in stored.items() if k in values})
+    if not values["concept"] and version is not None:
+        values["concept"] = version_settings.trigger_word(version) or version.project.name
+    return values
+
+
+def source_count(version: Optional[Version]) -> int:
+    if version is None or not version.source_dir.is_dir():
+        return 0
+    from lib_trainer.dataset.images import iter_images
+
+    return sum(1 for _ in iter_images(version.source_dir))
+
+
+def report_markdown(version: Optional[Version], width: int = 512, height: int = 512) -> str:
+    """The dataset doctor's report on the version's imported pictures."""
+    if version is None:
+        return tr("Pick or create a project to start.")
+    if source_count(version) == 0:
+        return tr("No pictures yet: drop pictures or a .zip above, or import a folder on the server.")
+    from lib_trainer.dataset.report import build_report
+
+    try:
+        w, h = int(width or 512), int(height or 512)
+    except (TypeError, ValueError):
+        w = h = 512
+    report = build_report(version.source_dir, (w, h))
+    return report.to_markdown()
+
+
+def upscaler_choices(ctx: UIContext) -> List[str]:
+    try:
+        names = list(ctx.host.upscalers())
+    except Exception:
+        names = []
+    return [BUILT_IN_UPSCALER] + [n for n in names if n != BUILT_IN_UPSCALER]
+
+
+def repeats_hint(ctx: UIContext, version: Optional[Version], preset: Optional[str] = None) -> Tuple[int, str]:
+    """The suggested repeats for the version's pictures and preset, and why."""
+    from lib_trainer.dataset.concepts import suggest_repeats
+
+    train = version_settings.get(version, "train", {}) or {}
+    preset = preset or train.get("preset") or ctx.settings.default_preset
+    try:
+        batch = max(1, int(train.get("train_batch_size") or 1))
+    except (TypeError, ValueError):
+        batch = 1
+    return suggest_repeats(source_count(version), preset, batch)
+
+
+def on_refresh(ctx: UIContext, project: Optional[str], version_name: Optional[str]) -> Tuple[Any, ...]:
+    """Everything the dataset panel shows for the selected version."""
+    version = ctx.version(project, version_name)
+    values = preprocess_settings(version)
+    _, why = repeats_hint(ctx, version) if version is not None else (0, "")
+    choices = upscaler_choices(ctx)
+    upscaler = values["upscaler"] if values["upscaler"] in choices else BUILT_IN_UPSCALER
+    return (report_markdown(version, values["width"], values["height"]), values["width"], values["height"],
+            CROP_CHOICES.label(values["crop"]), bool(values["flip"]), bool(values["face_crops"]),
+            compat.update(choices=choices, value=upscaler), values["concept"], values["repeats"], why, "", "")
+
+
+def on_import(ctx: UIContext, project: Optional[str], version_name: Optional[str], files: Any, folder: str,
+              width: Any = 512, height: Any = 512, progress: Any = None) -> Tuple[str, str]:
+    """Import uploaded files and/or a server folder; returns (import message, dataset report)."""
+    from lib_trainer.dataset.importer import import_pictures
+
+    version = ctx.version(project, version_name)
+    if version is None:
+        return messages.error(tr("Create or pick a project first.")), report_markdown(None)
+    inputs: List[Any] = list(compat.uploaded_files(files))
+    folder = (folder or "").strip()
+    roots = ctx.settings.import_roots
+    if folder:
+        path = Path(folder).expanduser()
+        if not path.exists():
+            return messages.error(tr("The folder {folder} does not exist on the server.", folder=folder)), \
+                report_markdown(version, width, height)
+        inputs.append(path)
+    if not inputs:
+        return messages.error(tr("Drop pictures or a .zip, or type a folder on the server.")), \
+            report_markdown(version, width, height)
+
+    def step(done: int, total: int, name: str) -> None:
+        if progress is not None:
+            progress((done, total), desc=tr("Importing {name}", name=name))
+
+    report = import_pictures(inputs, version.source_dir, allowed_roots=roots if folder else None, progress=step)
+    kind = "ok" if report.imported and not report.skipped else ("warning" if report.imported else "error")
+    return markdown_message(report.to_markdown(), kind), report_markdown(version, width, height)
+
+
+def markdown_message(text: str, kind: str) -> str:
+    """A multi-line report (Markdown lists with `names`) shown in an HTML message box."""
+    lines = [line[2:] if line.startswith("- ") else line for line in text.splitlines()]
+    lines = [line.replace("`", "") for line in lines if line.strip()]
+    return messages.message("\n".join(lines), kind)
+
+
+def on_preprocess(ctx: UIContext, project: Optional[str], version_name: Optional[str], width: Any, height: Any,
+                  crop_label: Any, flip: bool, face_crops: bool, upscaler: Optional[str], concept: str,
+                  repeats: Any, progress: Any = None) -> str:
+    """Make the training pictures; returns the message."""
+    from lib_trainer.dataset.preprocess import PreprocessError, PreprocessOptions, preprocess
+
+    version = ctx.version(project, version_name)
+    if version is None:
+        return messages.error(tr("Create or pick a project first."))
+    if source_count(version) == 0:
+        return messages.error(tr("No pictures yet: drop pictures or a .zip above, or import a folder on the server."))
+    crop = CROP_CHOICES.value(crop_label, "center")
+    try:
+        w, h, n = int(width), int(height), int(repeats)
+    except (TypeError, ValueError):
+        return messages.error(tr("Width, height and repeats must be whole numbers."))
+    concept = (concept or "").strip() or version.project.name
+    options = PreprocessOptions(width=w, height=h, crop=crop, flip=bool(flip), face_crops=1 if face_crops else 0,
+                                min_bucket_reso=max(64, min(w, h) // 2), max_bucket_reso=max(w, h) * 2)
+    upscale = None
+    if upscaler and upscaler != BUILT_IN_UPSCALER:
+        options.upscaler_name = upscaler
+
+        def upscale(image, scale):  # noqa: E306 - the host's upscaler, for pictures smaller than the target
+            return ctx.host.upscale(image, upscaler, scale)
+
+    def step(done: int, total: int, name: str) -> None:
+        if progress is not None:
+            progress((done, total), desc=tr("Preprocessing {name}", name=name))
+
+    version_settings.put(version, preprocess={"width": w, "height": h, "crop": crop, "flip": bool(flip),
+                                              "face_crops": bool(face_crops), "upscaler": upscaler or "",
+                                              "concept": concept, "repeats": n})
+    try:
+        result = preprocess(version.source_dir, version.train_dir, repeats=n, concept=concept, options=options,
+                            upscale=upscale, progress=step)
+    except (PreprocessError, ValueError) as exc:
+        return messages.error(str(exc))
+    lines = [result.summary()]
+    lines += [f"{s['name']}: {s['reason']}" for s in result.skipped]
+    lines += result.messages
+    if result.captions_kept:
+        lines.append(tr("{n} captions edited here were kept.", n=len(result.captions_kept)))
+    lines.append(tr("Next: check the captions below."))
+    return messages.message("\n".join(lines), "warning" if result.skipped else "ok")
+
+
+def on_suggest_repeats(ctx: UIContext, project: Optional[str], version_name: Optional[str],
+                       preset: Optional[str]) -> Tuple[Any, str]:
+    version = ctx.version(project, version_name)
+    if version is None:
+        return compat.unchanged(), ""
+    repeats, why = repeats_hint(ctx, version, preset)
+    return repeats, why
+
+
+def on_apply_repeats(ctx: UIContext, project: Optional[str], version_name: Optional[str], concept: str,
+                     repeats: Any) -> str:
+    """Change the repeats of the existing concept folder (no preprocessing needed)."""
+    from lib_trainer.dataset.concepts import ConceptError, list_concepts, set_repeats
+
+    version = ctx.version(project, version_name)
+    if version is None:
+        return messages.error(tr("Create or pick a project first."))
+    concepts = list_concepts(version.dataset_dir)
+    if not concepts:
+        return messages.error(tr("There are no training pictures yet: press \"Preprocess\" first."))
+    name = (concept or "").strip()
+    target = next((c for c in concepts if c.name.casefold() == name.casefold()), None)
+    if target is None and len(concepts) == 1:
+        target = concepts[0]
+    if target is None:
+        return messages.error(tr("There is no concept \"{name}\"; the concepts are: {names}.", name=name,
+                                 names=", ".join(c.name for c in concepts)))
+    try:
+        changed = set_repeats(version.dataset_dir, target.name, repeats)
+    except (ConceptError, ValueError, OSError) as exc:
+        return messages.error(str(exc))
+    settings = version_settings.get(version, "preprocess", {}) or {}
+    settings.update(repeats=changed.repeats, concept=changed.name)
+    version_settings.put(version, preprocess=settings)
+    return messages.ok(tr("\"{name}\" now has {repeats} repeats ({folder}).", name=changed.name,
+                          repeats=changed.repeats, folder=changed.folder_name))
+
+
+# ---- layout ----------------------------------------------------------------------------------------------------
+def build(ctx: UIContext, project: Any, version: Any, preset: Any = None) -> DatasetPanel:
+    gr.Markdown(tr("### 1. Pictures"))
+    with gr.Row():
+        with gr.Column(scale=3):
+            upload = gr.File(label=tr("Drop pictures or .zip files here (many at once)"), file_count="multiple",
+                             file_types=["image", ".zip", ".txt", ".caption", ".webp", ".tif", ".tiff", ".bmp"],
+                             elem_id="train_tools_upload")
+        with gr.Column(scale=2):
+            folder = gr.Textbox(label=tr("…or a folder on the server"), placeholder="/path/to/pictures",
+                                elem_id="train_tools_import_folder")
+            import_folder = gr.Button(tr("Import folder"), elem_id="train_tools_import_folder_button")
+    import_message = gr.HTML("", elem_id="train_tools_import_message")
+    with gr.Accordion(tr("Dataset report"), open=True, elem_id="train_tools_report_accordion"):
+        report = gr.Markdown(tr("Pick or create a project to start."), elem_id="train_tools_dataset_report")
+        refresh_report = gr.Button(tr("Check again"), size="sm", elem_id="train_tools_refresh_report")
+
+    gr.Markdown(tr("### 2. Preprocess"))
+    with gr.Row():
+        width = gr.Number(label=tr("Width"), value=512, precision=0, elem_id="train_tools_pp_width", min_width=90)
+        height = gr.Number(label=tr("Height"), value=512, precision=0, elem_id="train_tools_pp_height", min_width=90)
+        crop = gr.Radio(label=tr("Crop"), choices=CROP_CHOICES.labels(), value=CROP_CHOICES.label("center"),
+                        elem_id="train_tools_pp_crop")
+    with gr.Row():
+        flip = gr.Checkbox(label=tr("Add mirrored copies"), value=False, elem_id="train_tools_pp_flip")
+        face_crops = gr.Checkbox(label=tr("Add a close-up of each face"), value=False,
+                                 elem_id="train_tools_pp_faces")
+        upscaler = gr.Dropdown(label=tr("Enlarge small pictures with"), choices=upscaler_choices(ctx),
+                               value=BUILT_IN_UPSCALER, elem_id="train_tools_pp_upscaler")
+    with gr.Row():
+        concept = gr.Textbox(label=tr("Concept (folder name)"), elem_id="train_tools_concept")
+        repeats = gr.Number(label=tr("Repeats"), value=10, precision=0, elem_id="train_tools_repeats", min_width=90)
+        suggest = gr.Button(tr("Suggest repeats"), elem_id="train_tools_suggest_repeats", scale=0, min_width=120)
+        apply_repeats = gr.Button(tr("Apply repeats"), elem_id="train_tools_apply_repeats", scale=0, min_width=120)
+    hint = gr.Markdown("", elem_id="train_tools_repeats_hint")
+    preprocess_button = gr.Button(tr("Preprocess"), variant="primary", elem_id="train_tools_preprocess")
+    preprocess_message = gr.HTML("", elem_id="train_tools_preprocess_message")
+
+    panel = DatasetPanel(upload, folder, import_message, report, width, height, crop, flip, face_crops, upscaler,
+                         concept, repeats, hint, preprocess_message, preprocess_button, [])
+
+    def do_upload(p, v, files, w, h, progress=gr.Progress()):
+        msg, rep = on_import(ctx, p, v, files, "", w, h, progress)
+        return msg, rep, None
+
+    def do_folder(p, v, path, w, h, progress=gr.Progress()):
+        return on_import(ctx, p, v, None, path, w, h, progress)
+
+    def do_preprocess(p, v, w, h, c, f, fc, up, con, n, progress=gr.Progress()):
+        return on_preprocess(ctx, p, v, w, h, c, f, fc, up, con, n, progress)
+
+    uploaded = upload.upload(do_upload, [project, version, upload, width, height], [import_message, report, upload])
+    imported = import_folder.click(do_folder, [project, version, folder, width, height], [import_message, report])
+    refresh_report.click(lambda p, v, w, h: report_markdown(ctx.version(p, v), w, h), [project, version, width,
+                                                                                          height], [report])
+    preset_inputs = [project, version] + ([preset] if preset is not None else [])
+    suggest.click(lambda p, v, *rest: on_suggest_repeats(ctx, p, v, rest[0] if rest else None), preset_inputs,
+                  [repeats, hint], queue=False)
+    apply_repeats.click(lambda p, v, c, n: on_apply_repeats(ctx, p, v, c, n), [project, version, concept, repeats],
+                        [preprocess_message])
+    processed = preprocess_button.click(do_preprocess, [project, version, width, height, crop, flip, face_crops,
+                                                        upscaler, concept, repeats], [preprocess_message])
+    panel.import_done = [uploaded, imported, processed]
+    return panel
+
+
+__all__ = ["DatasetPanel", "build", "on_refresh", "on_import", "on_preprocess", "on_suggest_repeats",
+           "on_apply_repeats", "report_markdown", "preprocess_settings", "CROP_CHOICES", "BUILT_IN_UPSCALER"]

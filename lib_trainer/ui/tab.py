@@ -1,0 +1,136 @@
+"""The Train Tools tab: the project bar above three sections (Dataset, Train, Checkpoints), wired together.
+
+``build_tab(ctx)`` returns a ``gr.Blocks`` that the WebUI's ``on_ui_tabs`` and the standalone app render. How the
+parts talk:
+
+* picking a version (the version dropdown's change) refreshes every panel from that version's files;
+* on page load the tab selects the version that is training (else the one last picked) — so a reload finds a
+  running training again — and installs the progress poller (javascript/train_tools.js);
+* the poller presses the hidden-in-plain-sight "Refresh progress" button every few seconds; :func:`poll` answers
+  with only what changed (status, chart, samples, log, buttons, checkpoints, previews).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import gradio as gr
+
+from lib_trainer.i18n import tr
+from lib_trainer.ui import (captions_panel, checkpoints_panel, compat, dataset_panel, progress_panel, project_bar,
+                            train_panel)
+from lib_trainer.ui.context import UIContext
+
+JS_FILE = Path(__file__).resolve().parents[2] / "javascript" / "train_tools.js"
+CSS_FILE = Path(__file__).resolve().parents[2] / "style.css"
+
+
+def install_js(poll_seconds: float) -> str:
+    """The load event's JavaScript: define window.trainTools (the WebUI may have loaded it already) and start
+    the poller."""
+    try:
+        source = JS_FILE.read_text(encoding="utf-8")
+    except OSError:
+        source = ""
+    return ("() => {\n" + source + "\nif (window.trainTools) { window.trainTools.install(" +
+            str(int(max(0.5, poll_seconds) * 1000)) + "); }\nreturn [];\n}")
+
+
+def css() -> str:
+    """The extension's style.css (the WebUI loads it by itself; the standalone app passes it to gr.Blocks)."""
+    try:
+        return CSS_FILE.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+def checkpoints_stamp(ctx: UIContext, project: Optional[str], version_name: Optional[str]) -> Tuple:
+    """What the checkpoints panel depends on: the checkpoint files, their score events, the preview."""
+    version = ctx.version(project, version_name)
+    if version is None:
+        return ()
+    try:
+        files = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in version.checkpoints_dir.glob("*.safetensors")))
+    except OSError:
+        files = ()
+    manifest = version.previews_dir / "manifest.json"
+    try:
+        manifest_stamp = manifest.stat().st_mtime_ns
+    except OSError:
+        manifest_stamp = 0
+    series = progress_panel.loss_series(version)
+    return files, manifest_stamp, series.checkpoints, ctx.previews.describe(version)
+
+
+def poll(ctx: UIContext, project: Optional[str], version_name: Optional[str], seen: Optional[Dict[str, Any]],
+         checkpoint: Optional[str], grid: Optional[str]) -> List[Any]:
+    """Progress outputs, then the checkpoints panel's live outputs, then the new ``seen`` state."""
+    progress, seen = progress_panel.poll(ctx, project, version_name, seen)
+    stamp = checkpoints_stamp(ctx, project, version_name)
+    if seen.get("checkpoints") != stamp:
+        seen["checkpoints"] = stamp
+        live = checkpoints_panel.live(ctx, project, version_name, checkpoint, grid)
+    else:
+        live = [compat.unchanged()] * 9
+    return progress + live + [seen]
+
+
+def on_load(ctx: UIContext) -> Tuple[Any, Any]:
+    project, version = ctx.initial_selection()
+    return (compat.update(choices=ctx.project_names(), value=project),
+            compat.update(choices=ctx.version_names(project), value=version))
+
+
+def build_tab(ctx: UIContext) -> gr.Blocks:
+    """The whole tab as a Blocks (render it inside the WebUI's tabs, or launch it as the standalone app)."""
+    with gr.Blocks(analytics_enabled=False) as tab:
+        with gr.Column(elem_id="train_tools_root"):
+            bar = project_bar.build(ctx)
+            project, version = bar.project, bar.version
+            with gr.Tabs(elem_id="train_tools_sections"):
+                with gr.Tab(tr("Dataset"), id="train_tools_dataset_tab", elem_id="train_tools_dataset_tab"):
+                    dataset = dataset_panel.build(ctx, project, version)
+                    captions = captions_panel.build(ctx, project, version)
+                with gr.Tab(tr("Train"), id="train_tools_train_tab", elem_id="train_tools_train_tab"):
+                    train = train_panel.build(ctx, project, version)
+                    progress = progress_panel.build(ctx)
+                with gr.Tab(tr("Checkpoints"), id="train_tools_checkpoints_tab",
+                            elem_id="train_tools_checkpoints_tab"):
+                    checkpoints = checkpoints_panel.build(ctx, project, version)
+        seen = gr.State({})
+
+        # Picking a version shows it everywhere.
+        def refresh_all(p, v):
+            ctx.remember(p, v)
+            return (list(dataset_panel.on_refresh(ctx, p, v)) + list(captions_panel.on_refresh(ctx, p, v)) +
+                    list(train_panel.on_refresh(ctx, p, v)) + list(checkpoints_panel.on_refresh(ctx, p, v)) + [{}])
+
+        all_outputs = (dataset.refresh_outputs() + captions.refresh_outputs() + train.refresh_outputs() +
+                       checkpoints.refresh_outputs() + [seen])
+        poll_inputs = [project, version, seen, checkpoints.checkpoint, checkpoints.grid_prompt]
+        poll_outputs = ([progress["status"], progress["error"], progress["chart"], progress["samples"],
+                         progress["log"], train.train, train.stop, train.resume] + checkpoints.live_outputs() + [seen])
+
+        def do_poll(p, v, s, c, g):
+            return poll(ctx, p, v, s, c, g)
+
+        version.change(refresh_all, [project, version], all_outputs).then(do_poll, poll_inputs, poll_outputs,
+                                                                          show_progress=compat.HIDDEN)
+        progress["poll"].click(do_poll, poll_inputs, poll_outputs, queue=False, show_progress=compat.HIDDEN)
+
+        # What one panel changes, the others show.
+        for event in dataset.import_done:
+            event.then(lambda p, v: captions_panel.on_refresh(ctx, p, v), [project, version],
+                       captions.refresh_outputs()).then(
+                lambda p, v: train_panel.on_refresh(ctx, p, v), [project, version], train.refresh_outputs())
+        for event in train.started:
+            event.then(do_poll, poll_inputs, poll_outputs, show_progress=compat.HIDDEN)
+        captions.trigger_set.then(lambda p, v: train_panel.on_refresh(ctx, p, v), [project, version],
+                                  train.refresh_outputs())
+
+        tab.load(lambda: on_load(ctx), None, [project, version])
+        tab.load(None, None, None, **compat.js(install_js(ctx.settings.poll_seconds)))
+    return tab
+
+
+__all__ = ["build_tab", "poll", "on_load", "install_js", "css", "checkpoints_stamp"]

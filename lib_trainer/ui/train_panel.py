@@ -1,0 +1,446 @@
+"""Train: base model, preset × VRAM tier, the form (common fields in view, the rest under "Advanced"), the
+estimate, and Train / Stop / Resume.
+
+The preset and tier fill the form (``config.preset_values``); the person's edits are the overrides of
+``config.build_config``; ``config.check`` runs before a job is queued and each problem is shown beside its field.
+The form is saved in the version's settings, so a reload shows it again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import gradio as gr
+
+from lib_trainer import config as train_config
+from lib_trainer.i18n import tr
+from lib_trainer.projects import ProjectError, Version
+from lib_trainer.ui import compat, messages, train_fields, version_settings
+from lib_trainer.ui.context import UIContext
+
+PRESET_CHOICES = compat.Choices(train_config.PRESETS, train_config.preset_label)
+VRAM_CHOICES = compat.Choices(train_config.VRAM_TIERS, lambda n: tr("{n} GB VRAM", n=n))
+COMMON_KEYS = tuple(f.key for f in train_fields.FIELDS if not f.advanced)
+#: Problems of these keys are shown beside their field; the rest beside the buttons.
+ERROR_KEYS = ("pretrained_model_name_or_path",) + tuple(k for k in COMMON_KEYS if k != "trigger") + \
+    ("optimizer_type", "dataset", "config")
+
+
+@dataclass
+class TrainPanel:
+    base_model: Any
+    preset: Any
+    vram: Any
+    fields: List[Any]
+    errors: Dict[str, Any]
+    estimate: Any
+    message: Any
+    train: Any
+    stop: Any
+    resume: Any
+    started: List[Any] = field(default_factory=list)  # events after which the progress panel refreshes
+
+    def error_outputs(self) -> List[Any]:
+        return [self.errors[k] for k in ERROR_KEYS]
+
+    def refresh_outputs(self) -> List[Any]:
+        return [self.base_model, self.preset, self.vram] + self.fields + [self.estimate, self.message] + \
+            self.error_outputs()
+
+
+# ---- logic -----------------------------------------------------------------------------------------------------
+def checkpoint_titles(ctx: UIContext, refresh: bool = False) -> List[str]:
+    try:
+        return [c.title for c in ctx.host.checkpoints(refresh=refresh)]
+    except Exception:
+        return []
+
+
+def resolve_checkpoint(ctx: UIContext, title: Optional[str]):
+    """The host's CheckpointInfo for a dropdown title (or a path), None when it is not listed."""
+    if not title:
+        return None
+    try:
+        listing = ctx.host.checkpoints()
+    except Exception:
+        return None
+    return next((c for c in listing if title in (c.title, c.path)), None)
+
+
+def _arch(info: Any) -> str:
+    arch = getattr(info, "arch", None)
+    return arch if arch in train_config.ARCHES else "sd1"
+
+
+def preset_form(preset: str, vram: int, arch: str, keep: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The form a preset and tier fill in, keeping the tab's own fields from ``keep``."""
+    form = train_fields.form_from_values(train_config.preset_values(preset, vram, arch))
+    keep = keep or {}
+    for key in ("trigger", "sample_prompt", "auto_preview", "sample_every_n_epochs", "eval_holdout_images"):
+        if key in keep and keep[key] is not None:
+            form[key] = keep[key]
+    if keep.get("keep_tokens"):
+        form["keep_tokens"] = max(int(form.get("keep_tokens") or 0), int(keep["keep_tokens"]))
+    return form
+
+
+def stored_train(version: Optional[Version]) -> Dict[str, Any]:
+    return version_settings.get(version, "train", {}) or {}
+
+
+def load_form(ctx: UIContext, version: Optional[Version]) -> Tuple[Optional[str], str, int, Dict[str, Any]]:
+    """(base model title, preset, VRAM tier, form) of a version: what was saved, else the defaults."""
+    stored = stored_train(version)
+    preset = stored.get("preset") if stored.get("preset") in train_config.PRESETS else ctx.settings.default_preset
+    if preset not in train_config.PRESETS:
+        preset = train_config.PRESETS[0]
+    vram = stored.get("vram") if stored.get("vram") in train_config.VRAM_TIERS else ctx.settings.default_vram_gb
+    if vram not in train_config.VRAM_TIERS:
+        vram = 8
+    titles = checkpoint_titles(ctx)
+    base = None
+    for wanted in (stored.get("base_model"), stored.get("base_title")):
+        info = resolve_checkpoint(ctx, wanted)
+        if info is not None:
+            base = info.title
+            break
+    if base is None and titles:
+        base = titles[0]
+    arch = _arch(resolve_checkpoint(ctx, base))
+    saved = dict(stored.get("fields") or {})
+    form = preset_form(preset, vram, arch)
+    form.update({k: v for k, v in saved.items() if k in train_fields.KEYS and v is not None})
+    form["trigger"] = version_settings.trigger_word(version)
+    auto = version_settings.get(version, "auto_preview", None)
+    form["auto_preview"] = ctx.settings.auto_preview if auto is None else bool(auto)
+    return base, preset, vram, form
+
+
+def _field_updates(form: Dict[str, Any]) -> List[Any]:
+    values = []
+    for f in train_fields.FIELDS:
+        value = form.get(f.key)
+        if f.key == "network_type":
+            value = train_fields.network_type_label(value or "lora")
+        elif f.kind == "choice" and value is not None:
+            value = value if f.key != "max_token_length" else str(value)
+        values.append(value)
+    return values
+
+
+def _no_errors() -> List[str]:
+    return ["" for _ in ERROR_KEYS]
+
+
+def on_refresh(ctx: UIContext, project: Optional[str], version_name: Optional[str]) -> Tuple[Any, ...]:
+    version = ctx.version(project, version_name)
+    base, preset, vram, form = load_form(ctx, version)
+    titles = checkpoint_titles(ctx)
+    estimate = estimate_text(ctx, version, base, preset, vram, form)
+    return tuple([compat.update(choices=titles, value=base), PRESET_CHOICES.label(preset), VRAM_CHOICES.label(vram)]
+                 + _field_updates(form) + [estimate, ""] + _no_errors())
+
+
+def _form(values: Sequence[Any]) -> Dict[str, Any]:
+    form = train_fields.form_to_dict(values)
+    if "network_type" in form:
+        labels = {train_fields.network_type_label(v): v for v in train_fields.NETWORK_TYPES}
+        form["network_type"] = labels.get(form["network_type"], form["network_type"])
+    if form.get("max_token_length") not in (None, ""):
+        form["max_token_length"] = int(form["max_token_length"])
+    return form
+
+
+def first_caption(version: Version) -> str:
+    from lib_trainer.dataset.captions import CaptionSet, join_tags
+
+    captions = CaptionSet(version.train_dir)
+    for tags in captions.captions().values():
+        if tags:
+            return join_tags(tags)
+    return version_settings.trigger_word(version)
+
+
+def make_config(ctx: UIContext, version: Version, base_title: Optional[str], preset: str, vram: int,
+                form: Dict[str, Any]):
+    """The version's full TrainConfig from the form, and the base model's architecture."""
+    info = resolve_checkpoint(ctx, base_title)
+    arch = _arch(info)
+    overrides = train_fields.overrides_from_form(form)
+    prompt = (form.get("sample_prompt") or "").strip()
+    if not prompt and overrides.get("sample_every_n_epochs"):
+        prompt = first_caption(version)
+    if not overrides.get("sample_every_n_epochs"):
+        prompt = ""
+    cfg = train_config.build_config(train_config.VersionPaths.of(version), info.path if info else "", arch, preset,
+                                    vram, overrides, sample_prompt=prompt or None)
+    return cfg, arch
+
+
+def estimate_text(ctx: UIContext, version: Optional[Version], base_title: Optional[str], preset: str, vram: int,
+                  form: Dict[str, Any]) -> str:
+    if version is None:
+        return ""
+    try:
+        cfg, arch = make_config(ctx, version, base_title, preset, vram, form)
+        speed, batch = train_config.last_speed(version.read_events())
+        est = train_config.estimate(cfg, arch, speed, batch)
+    except Exception as exc:  # a half-typed form: say what is wrong instead of an estimate
+        return messages.md_escape(tr("No estimate yet: {error}", error=str(exc)))
+    if not est.images_per_epoch:
+        return tr("No estimate yet: preprocess the pictures first.")
+    return tr("**Estimate:** {text}", text=train_config.describe_estimate(est))
+
+
+def save_form(ctx: UIContext, version: Version, base_title: Optional[str], preset: str, vram: int,
+              form: Dict[str, Any]) -> None:
+    info = resolve_checkpoint(ctx, base_title)
+    fields = {k: v for k, v in form.items() if k not in ("trigger", "auto_preview")}
+    train = stored_train(version)
+    train.update(preset=preset, vram=vram, base_model=info.path if info else None,
+                 base_title=info.title if info else base_title, fields=fields)
+    version_settings.put(version, train=train, auto_preview=bool(form.get("auto_preview")))
+
+
+def _choices(preset_label: Any, vram_label: Any) -> Tuple[str, int]:
+    preset = PRESET_CHOICES.value(preset_label, train_config.PRESETS[0])
+    vram = VRAM_CHOICES.value(vram_label, 8)
+    return preset, int(vram)
+
+
+def on_preset(ctx: UIContext, project: Optional[str], version_name: Optional[str], base_title: Optional[str],
+              preset_label: Any, vram_label: Any, *values: Any) -> Tuple[Any, ...]:
+    """Fill the form from the chosen preset, tier and base model; returns the fields and the estimate."""
+    version = ctx.version(project, version_name)
+    preset, vram = _choices(preset_label, vram_label)
+    current = _form(values)
+    form = preset_form(preset, vram, _arch(resolve_checkpoint(ctx, base_title)), keep=current)
+    if version is not None:
+        save_form(ctx, version, base_title, preset, vram, form)
+    return tuple(_field_updates(form) + [estimate_text(ctx, version, base_title, preset, vram, form)])
+
+
+def on_change(ctx: UIContext, project: Optional[str], version_name: Optional[str], base_title: Optional[str],
+              preset_label: Any, vram_label: Any, *values: Any) -> str:
+    """A field changed: save the form and show the new estimate."""
+    version = ctx.version(project, version_name)
+    if version is None:
+        return ""
+    preset, vram = _choices(preset_label, vram_label)
+    form = _form(values)
+    try:
+        save_form(ctx, version, base_title, preset, vram, form)
+    except ProjectError:
+        return ""
+    return estimate_text(ctx, version, base_title, preset, vram, form)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch  # the host process has it; only asked when a person presses Train
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def field_label(key: str) -> str:
+    f = train_fields.BY_KEY.get(key)
+    return f.label() if f else key
+
+
+def problems_for(ctx: UIContext, version: Version, base_title: Optional[str], preset: str, vram: int,
+                 form: Dict[str, Any]):
+    """(config or None, [Problem]) — everything that would stop the run, before it is queued."""
+    try:
+        cfg, _arch_name = make_config(ctx, version, base_title, preset, vram, form)
+    except Exception as exc:
+        return None, [train_config.Problem("config", str(exc))]
+    problems = list(train_config.check(cfg))
+    if not base_title or resolve_checkpoint(ctx, base_title) is None:
+        problems = [p for p in problems if p.field != "pretrained_model_name_or_path"]
+        problems.insert(0, train_config.Problem("pretrained_model_name_or_path", tr("Choose a base model.")))
+    if cfg.optimizer_type.lower() == "adamw8bit" and not _cuda_available():
+        problems.append(train_config.Problem("optimizer_type", tr(
+            "AdamW8bit needs an NVIDIA GPU; this machine has none. Choose AdamW under \"Advanced\" (or a "
+            "larger VRAM tier).")))
+    return cfg, problems
+
+
+def error_updates(problems: Sequence[Any]) -> List[str]:
+    by_key: Dict[str, List[str]] = {k: [] for k in ERROR_KEYS}
+    for p in problems:
+        if p.field in by_key:
+            by_key[p.field].append(p.message)
+        else:
+            by_key["config"].append(f"{field_label(p.field)}: {p.message}")
+    return [messages.error("\n".join(by_key[k])) if by_key[k] else "" for k in ERROR_KEYS]
+
+
+def on_train(ctx: UIContext, project: Optional[str], version_name: Optional[str], base_title: Optional[str],
+             preset_label: Any, vram_label: Any, *values: Any) -> Tuple[Any, ...]:
+    """Check the form, write config.toml and queue the run; returns (message, *field errors)."""
+    from lib_trainer.trainer.schema import save_config
+
+    version = ctx.version(project, version_name)
+    if version is None:
+        return tuple([messages.error(tr("Create or pick a project first."))] + _no_errors())
+    if version.busy:
+        return tuple([messages.warning(tr("This version is already training or queued."))] + _no_errors())
+    preset, vram = _choices(preset_label, vram_label)
+    form = _form(values)
+    save_form(ctx, version, base_title, preset, vram, form)
+    notes = []
+    trigger = (form.get("trigger") or "").strip()
+    if trigger != version_settings.trigger_word(version):
+        notes.append(_apply_trigger(version, trigger))
+    cfg, problems = problems_for(ctx, version, base_title, preset, vram, form)
+    if problems or cfg is None:
+        return tuple([messages.error(tr("Fix the marked fields first."))] + error_updates(problems))
+    save_config(cfg, version.config_path)
+    try:
+        job = ctx.runner.submit(version.project.name, version.name)
+    except (ProjectError, ValueError) as exc:
+        return tuple([messages.error(str(exc))] + _no_errors())
+    if job.position and job.position > 1:
+        text = tr("Queued: {n} run(s) before this one.", n=job.position - 1)
+    else:
+        text = tr("Training starts now; progress shows below.")
+    return tuple([messages.many([(text, "ok")] + [(n, "info") for n in notes if n])] + _no_errors())
+
+
+def _apply_trigger(version: Version, trigger: str) -> str:
+    """Make the form's trigger word the captions' first tag (one undoable edit); returns what happened."""
+    from lib_trainer.dataset.captions import CaptionError, CaptionSet, split_tags
+
+    previous = version_settings.trigger_word(version) or None
+    words = ", ".join(split_tags(trigger))
+    train = stored_train(version)
+    if not words:
+        version_settings.put(version, trigger="")
+        return ""
+    captions = CaptionSet(version.train_dir, trigger_word=previous)
+    try:
+        result = captions.set_trigger_word(words, previous=previous) if captions.pictures() else None
+    except CaptionError as exc:
+        return str(exc)
+    if result is not None:
+        train.setdefault("fields", {})["keep_tokens"] = result.keep_tokens
+    version_settings.put(version, trigger=words, train=train)
+    return result.message.strip() if result is not None else ""
+
+
+def on_stop(ctx: UIContext, project: Optional[str], version_name: Optional[str]) -> str:
+    version = ctx.version(project, version_name)
+    if version is None:
+        return ""
+    try:
+        outcome = ctx.runner.stop(version.project.name, version.name)
+    except (ProjectError, ValueError) as exc:
+        return messages.error(str(exc))
+    return {
+        "stopping": messages.info(tr("Stopping: the trainer saves a checkpoint and its state, then ends.")),
+        "dequeued": messages.ok(tr("Taken out of the queue.")),
+    }.get(outcome, messages.info(tr("Nothing to stop.")))
+
+
+def on_resume(ctx: UIContext, project: Optional[str], version_name: Optional[str]) -> str:
+    version = ctx.version(project, version_name)
+    if version is None:
+        return ""
+    try:
+        job = ctx.runner.resume(version.project.name, version.name)
+    except (ProjectError, ValueError) as exc:
+        return messages.error(str(exc))
+    if job.position and job.position > 1:
+        return messages.ok(tr("Queued to resume: {n} run(s) before this one.", n=job.position - 1))
+    return messages.ok(tr("Resuming from the saved state."))
+
+
+# ---- layout ----------------------------------------------------------------------------------------------------
+def _component(f: train_fields.Field, value: Any = None) -> Any:
+    elem_id = f"train_tools_field_{f.key}"
+    label = f.label()
+    if f.kind == "bool":
+        return gr.Checkbox(label=label, value=bool(value), elem_id=elem_id)
+    if f.kind == "int":
+        return gr.Number(label=label, value=value, precision=0, elem_id=elem_id, min_width=120)
+    if f.kind == "float":
+        return gr.Number(label=label, value=value, elem_id=elem_id, min_width=120)
+    if f.kind == "choice":
+        if f.key == "network_type":
+            choices = [train_fields.network_type_label(v) for v in f.choices]
+        else:
+            choices = [str(v) for v in f.choices]
+        return gr.Dropdown(label=label, choices=choices, value=None, elem_id=elem_id)
+    return gr.Textbox(label=label, value=value or "", elem_id=elem_id)
+
+
+def build(ctx: UIContext, project: Any, version: Any) -> TrainPanel:
+    gr.Markdown(tr("### 4. Train"))
+    errors: Dict[str, Any] = {}
+    components: Dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                base_model = gr.Dropdown(label=tr("Base model"), choices=checkpoint_titles(ctx), value=None,
+                                         elem_id="train_tools_base_model", scale=4)
+                refresh_models = gr.Button(tr("Refresh list"), elem_id="train_tools_refresh_models", scale=0,
+                                           min_width=110)
+            errors["pretrained_model_name_or_path"] = gr.HTML("", elem_id="train_tools_error_base_model")
+        preset = gr.Dropdown(label=tr("Preset"), choices=PRESET_CHOICES.labels(),
+                             value=PRESET_CHOICES.label(ctx.settings.default_preset), elem_id="train_tools_preset",
+                             scale=2)
+        vram = gr.Dropdown(label=tr("GPU memory"), choices=VRAM_CHOICES.labels(),
+                           value=VRAM_CHOICES.label(ctx.settings.default_vram_gb), elem_id="train_tools_vram",
+                           scale=1)
+    common = [f for f in train_fields.FIELDS if not f.advanced]
+    for row in (common[:4], common[4:]):
+        with gr.Row():
+            for f in row:
+                with gr.Column(min_width=120):
+                    components[f.key] = _component(f)
+                    if f.key in ERROR_KEYS:
+                        errors[f.key] = gr.HTML("", elem_id=f"train_tools_error_{f.key}")
+    with gr.Accordion(tr("Advanced"), open=False, elem_id="train_tools_advanced"):
+        advanced = [f for f in train_fields.FIELDS if f.advanced]
+        for start in range(0, len(advanced), 4):
+            with gr.Row():
+                for f in advanced[start:start + 4]:
+                    with gr.Column(min_width=120):
+                        components[f.key] = _component(f)
+                        if f.key in ERROR_KEYS:
+                            errors[f.key] = gr.HTML("", elem_id=f"train_tools_error_{f.key}")
+    estimate = gr.Markdown("", elem_id="train_tools_estimate")
+    errors["dataset"] = gr.HTML("", elem_id="train_tools_error_dataset")
+    errors["config"] = gr.HTML("", elem_id="train_tools_error_config")
+    with gr.Row():
+        train = gr.Button(tr("Train"), variant="primary", elem_id="train_tools_train")
+        stop = gr.Button(tr("Stop"), variant="stop", elem_id="train_tools_stop")
+        resume = gr.Button(tr("Resume"), elem_id="train_tools_resume")
+    message = gr.HTML("", elem_id="train_tools_train_message")
+
+    fields = [components[k] for k in train_fields.KEYS]
+    panel = TrainPanel(base_model, preset, vram, fields, errors, estimate, message, train, stop, resume)
+    head = [project, version, base_model, preset, vram]
+
+    refresh_models.click(lambda: compat.update(choices=checkpoint_titles(ctx, refresh=True)), None, [base_model])
+    # .input (and .blur for typed numbers) fire for the person's own edits only, never when a version's form is
+    # loaded into the fields, so loading does not write the form back.
+    for chooser in (preset, vram, base_model):
+        chooser.input(lambda *args: on_preset(ctx, *args), head + fields, fields + [estimate])
+    for key in train_fields.KEYS:
+        event = components[key].blur if train_fields.BY_KEY[key].kind in ("int", "float", "text") \
+            else components[key].input
+        event(lambda *args: on_change(ctx, *args), head + fields, [estimate], queue=False,
+              show_progress=compat.HIDDEN)
+    started = train.click(lambda *args: on_train(ctx, *args), head + fields, [message] + panel.error_outputs())
+    stopped = stop.click(lambda p, v: on_stop(ctx, p, v), [project, version], [message])
+    resumed = resume.click(lambda p, v: on_resume(ctx, p, v), [project, version], [message])
+    panel.started = [started, stopped, resumed]
+    return panel
+
+
+__all__ = ["TrainPanel", "build", "on_refresh", "on_preset", "on_change", "on_train", "on_stop", "on_resume",
+           "load_form", "preset_form", "make_config", "estimate_text", "problems_for", "error_updates",
+           "checkpoint_titles", "resolve_checkpoint", "PRESET_CHOICES", "VRAM_CHOICES", "ERROR_KEYS"]
