@@ -40,7 +40,8 @@ class TrainingError(RuntimeError):
 
 
 class StopRequest:
-    """SIGINT/SIGTERM: finish the current step, write a checkpoint, exit cleanly. A second signal stops at once."""
+    """SIGINT/SIGTERM (and CTRL_BREAK on Windows, which is how the job runner stops a trainer there): finish the
+    current step, write a checkpoint, exit cleanly. A second signal stops at once."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -51,7 +52,10 @@ class StopRequest:
                 raise KeyboardInterrupt
             self.requested = True
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        signals = [signal.SIGINT, signal.SIGTERM]
+        if hasattr(signal, "SIGBREAK"):
+            signals.append(signal.SIGBREAK)
+        for sig in signals:
             try:
                 signal.signal(sig, handler)
             except ValueError:  # not the main thread (tests calling run() from a thread)
