@@ -266,7 +266,10 @@ def on_use(ctx: UIContext, project: Optional[str], version_name: Optional[str], 
         return messages.error(str(exc)), compat.unchanged(), ""
     lines = [tr("Copied to {path}. In prompts: {prompt}", path=str(result.lora_path), prompt=result.prompt)]
     if send and not result.sent:
-        lines.append(tr("If the txt2img prompt did not change, copy the prompt from the box below."))
+        if getattr(ctx.host, "name", "") == "standalone":
+            lines.append(tr("This app has no txt2img: copy the prompt from the box below into your WebUI."))
+        else:
+            lines.append(tr("If the txt2img prompt did not change, copy the prompt from the box below."))
     lines += result.warnings
     return messages.ok("\n".join(lines)), result.name, result.prompt if send else ""
 
@@ -334,8 +337,8 @@ def build(ctx: UIContext, project: Any, version: Any) -> CheckpointsPanel:
         stop_preview = gr.Button(tr("Stop preview"), elem_id="train_tools_preview_stop")
     preview_status = gr.HTML("", elem_id="train_tools_preview_status")
     grid_prompt = gr.Dropdown(label=tr("Grid"), choices=[], elem_id="train_tools_grid_prompt")
-    grids = compat.gallery(label=tr("Preview grid: rows are checkpoints, columns are weights"), columns=1,
-                           height=520, elem_id="train_tools_grid")
+    grids = compat.gallery(label=tr("Preview grid: rows are checkpoints, columns are weights"), columns=4,
+                           height=640, preview=True, elem_id="train_tools_grid")
     with gr.Row():
         with gr.Column(scale=2):
             checkpoint = gr.Dropdown(label=tr("Checkpoint"), choices=[], elem_id="train_tools_checkpoint")

@@ -1,0 +1,77 @@
+"""The dataset panel's callbacks: upload (with a broken file named), folder import, report, preprocess, repeats."""
+from lib_trainer.ui import dataset_panel
+from tests.ui_support import broken_file, make_context, pictures, value
+
+
+def new_version(ctx, name="dog"):
+    ctx.workspace.create_project(name)
+    return ctx.version(name, "v1")
+
+
+def test_upload_imports_pictures_and_names_the_broken_file(tmp_path):
+    ctx = make_context(tmp_path)
+    version = new_version(ctx)
+    uploads = tmp_path / "uploads"
+    files = [str(p) for p in pictures(uploads, 3)] + [str(broken_file(uploads))]
+    message, report = dataset_panel.on_import(ctx, "dog", "v1", files, "", 512, 512)
+    assert "3 pictures imported" in message and "broken.png" in message and "not an image" in message
+    assert "train_tools_msg_warning" in message
+    assert "**3** pictures" in report and "Dataset report" in report
+    assert sorted(p.name for p in version.source_dir.glob("*.png")) == ["dog_00.png", "dog_01.png", "dog_02.png"]
+
+
+def test_import_from_a_server_folder_and_its_limits(tmp_path):
+    ctx = make_context(tmp_path, import_roots=[str(tmp_path / "allowed")])
+    new_version(ctx)
+    pictures(tmp_path / "allowed" / "set", 2)
+    pictures(tmp_path / "elsewhere", 2)
+    message, _ = dataset_panel.on_import(ctx, "dog", "v1", None, str(tmp_path / "allowed" / "set"))
+    assert "2 pictures imported" in message
+    message, _ = dataset_panel.on_import(ctx, "dog", "v1", None, str(tmp_path / "elsewhere"))
+    assert "0 pictures imported" in message
+    message, _ = dataset_panel.on_import(ctx, "dog", "v1", None, str(tmp_path / "missing"))
+    assert "does not exist" in message
+    message, _ = dataset_panel.on_import(ctx, "dog", "v1", None, "")
+    assert "train_tools_msg_error" in message
+    message, report = dataset_panel.on_import(ctx, None, None, None, str(tmp_path / "allowed" / "set"))
+    assert "project" in message.lower()
+
+
+def test_preprocess_makes_the_training_folder_and_remembers_the_options(tmp_path):
+    ctx = make_context(tmp_path)
+    version = new_version(ctx)
+    dataset_panel.on_import(ctx, "dog", "v1", [str(p) for p in pictures(tmp_path / "up", 3)], "")
+    crop = dataset_panel.CROP_CHOICES.label("center")
+    message = dataset_panel.on_preprocess(ctx, "dog", "v1", 64, 64, crop, True, False, "Lanczos", "小狗", 4)
+    assert "train_tools_msg_ok" in message and "6 training pictures" in message
+    folder = version.train_dir / "4_小狗"
+    assert len(list(folder.glob("*.png"))) == 6  # 3 pictures + mirrored copies
+    refreshed = dataset_panel.on_refresh(ctx, "dog", "v1")
+    assert refreshed[1] == 64 and refreshed[3] == crop and refreshed[4] is True and refreshed[7] == "小狗"
+    assert refreshed[8] == 4
+    bad = dataset_panel.on_preprocess(ctx, "dog", "v1", 100, 64, crop, False, False, "Lanczos", "小狗", 4)
+    assert "train_tools_msg_error" in bad and "64" in bad
+
+
+def test_preprocess_without_pictures_says_what_to_do(tmp_path):
+    ctx = make_context(tmp_path)
+    new_version(ctx)
+    message = dataset_panel.on_preprocess(ctx, "dog", "v1", 64, 64, "center", False, False, None, "", 10)
+    assert "No pictures yet" in message
+
+
+def test_repeats_suggestion_and_changing_the_repeats_of_the_concept(tmp_path):
+    ctx = make_context(tmp_path)
+    version = new_version(ctx)
+    dataset_panel.on_import(ctx, "dog", "v1", [str(p) for p in pictures(tmp_path / "up", 3)], "")
+    repeats, why = dataset_panel.on_suggest_repeats(ctx, "dog", "v1", "person")
+    assert 50 <= repeats <= 100 and "3 pictures" in why
+    repeats_char, _ = dataset_panel.on_suggest_repeats(ctx, "dog", "v1", "character")
+    assert 15 <= repeats_char <= 30
+    message = dataset_panel.on_apply_repeats(ctx, "dog", "v1", "dog", 5)
+    assert "Preprocess" in message  # no concept folder yet
+    dataset_panel.on_preprocess(ctx, "dog", "v1", 64, 64, "center", False, False, None, "dog", 10)
+    message = dataset_panel.on_apply_repeats(ctx, "dog", "v1", "dog", 7)
+    assert "7 repeats" in message
+    assert (version.train_dir / "7_dog").is_dir() and not (version.train_dir / "10_dog").exists()
+    assert value(dataset_panel.on_refresh(ctx, "dog", "v1")[8]) == 7

@@ -1,0 +1,80 @@
+"""The project / version bar's callbacks: create, clone, rename, delete to the trash and restore, Unicode names."""
+from lib_trainer.ui import project_bar
+from tests.ui_support import make_context, value
+
+
+def choices(update):
+    return update["choices"]
+
+
+def test_create_a_project_with_a_unicode_name(tmp_path):
+    ctx = make_context(tmp_path)
+    project, version, message, cleared = project_bar.on_create_project(ctx, "可爱的狗 v2")
+    assert value(project) == "可爱的狗 v2" and choices(project) == ["可爱的狗 v2"]
+    assert value(version) == "v1" and choices(version) == ["v1"]
+    assert "可爱的狗 v2" in message and "train_tools_msg_ok" in message
+    assert cleared == ""
+    assert ctx.remembered() == ("可爱的狗 v2", "v1")
+    assert (ctx.workspace.projects_dir / "可爱的狗 v2" / "versions" / "v1" / "version.json").is_file()
+
+
+def test_a_bad_name_says_why_and_changes_nothing(tmp_path):
+    ctx = make_context(tmp_path)
+    _, _, message, _ = project_bar.on_create_project(ctx, "a/b")
+    assert "train_tools_msg_error" in message and "/" in message
+    _, _, message, _ = project_bar.on_create_project(ctx, "")
+    assert "empty" in message
+    assert ctx.project_names() == []
+
+
+def test_new_version_gets_the_next_free_name_and_clone_copies_the_dataset(tmp_path):
+    ctx = make_context(tmp_path)
+    project_bar.on_create_project(ctx, "dog")
+    source = ctx.version("dog", "v1")
+    (source.source_dir / "a.png").write_bytes(b"png")
+    _, version, message, _ = project_bar.on_create_version(ctx, "dog", "v1", "", clone=False)
+    assert value(version) == "v2" and "v2" in message
+    assert not any(ctx.version("dog", "v2").source_dir.iterdir())
+    _, version, message, _ = project_bar.on_create_version(ctx, "dog", "v1", "  ", clone=True)
+    assert value(version) == "v3" and choices(version) == ["v1", "v2", "v3"]
+    assert (ctx.version("dog", "v3").source_dir / "a.png").read_bytes() == b"png"
+    assert project_bar.next_version_name(["v1", "v2", "v9", "x"]) == "v10"
+
+
+def test_rename_project_and_version(tmp_path):
+    ctx = make_context(tmp_path)
+    project_bar.on_create_project(ctx, "dog")
+    project, version, message, _ = project_bar.on_rename(ctx, "project", "dog", "v1", "小狗")
+    assert value(project) == "小狗" and value(version) == "v1" and "小狗" in message
+    project, version, message, _ = project_bar.on_rename(ctx, "version", "小狗", "v1", "first try")
+    assert value(version) == "first try"
+    assert ctx.version("小狗", "first try") is not None
+    _, _, message, _ = project_bar.on_rename(ctx, "version", "小狗", "first try", "..")
+    assert "train_tools_msg_error" in message
+
+
+def test_delete_asks_first_then_moves_to_trash_and_restore_brings_it_back(tmp_path):
+    ctx = make_context(tmp_path)
+    project_bar.on_create_project(ctx, "dog")
+    project_bar.on_create_version(ctx, "dog", "v1", "v2", clone=False)
+    row, question, pending, _ = project_bar.on_delete_request("version", "dog", "v2")
+    assert row["visible"] is True and "v2" in question and pending == ["version", "dog", "v2"]
+    assert ctx.version("dog", "v2") is not None  # nothing deleted yet
+    project, version, message, row, pending, trash = project_bar.on_delete_confirm(ctx, pending)
+    assert row["visible"] is False and pending is None
+    assert choices(version) == ["v1"] and value(version) == "v1"
+    assert ctx.version("dog", "v2") is None and "trash" in message
+    assert len(choices(trash)) == 1
+    project, version, message, trash = project_bar.on_restore(ctx, choices(trash)[0], "dog", "v1")
+    assert value(version) == "v2" and ctx.version("dog", "v2") is not None
+    assert choices(trash) == []
+
+
+def test_cancel_and_refresh(tmp_path):
+    ctx = make_context(tmp_path)
+    project_bar.on_create_project(ctx, "dog")
+    row, pending, message = project_bar.on_delete_cancel()
+    assert row["visible"] is False and pending is None
+    project, version, _, _ = project_bar.on_refresh(ctx, "gone", None)
+    assert value(project) == "dog" and value(version) == "v1"
+    assert value(project_bar.on_project_change(ctx, "dog", "v7")) == "v1"

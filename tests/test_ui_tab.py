@@ -1,0 +1,67 @@
+"""The assembled tab: it builds on this gradio, every element id is ours and unique, the poller is installed on
+load, and the standalone app wraps the same tab."""
+from collections import Counter
+
+from lib_trainer import app
+from lib_trainer.ui import build_tab, compat, tab
+from tests.ui_support import make_context
+
+
+def elem_ids(blocks):
+    return [b.elem_id for b in blocks.blocks.values() if getattr(b, "elem_id", None)]
+
+
+def test_the_tab_builds_with_unique_prefixed_element_ids(tmp_path):
+    ctx = make_context(tmp_path)
+    blocks = build_tab(ctx)
+    ids = elem_ids(blocks)
+    assert len(ids) > 100
+    assert [i for i in ids if not i.startswith("train_tools_")] == []
+    assert [i for i, n in Counter(ids).items() if n > 1] == []
+    for wanted in ("train_tools_project", "train_tools_version", "train_tools_upload", "train_tools_gallery",
+                   "train_tools_train", "train_tools_stop", "train_tools_resume", "train_tools_poll",
+                   "train_tools_loss_chart", "train_tools_checkpoints_table", "train_tools_grid",
+                   "train_tools_use", "train_tools_keep_only", "train_tools_root"):
+        assert wanted in ids, wanted
+
+
+def test_load_installs_the_poller_and_selects_a_version(tmp_path):
+    ctx = make_context(tmp_path, poll_seconds=3)
+    ctx.workspace.create_project("可爱的狗")
+    blocks = build_tab(ctx)
+    loads = [d for d in blocks.dependencies if d.get("trigger") == "load" or
+             any(t[1] == "load" for t in d.get("targets", []) if isinstance(t, (list, tuple)))]
+    scripts = [d.get("js") for d in loads if d.get("js")]
+    assert len(loads) == 2 and len(scripts) == 1
+    assert "trainTools" in scripts[0] and "install(3000)" in scripts[0]
+    assert "train_tools_poll" in tab.install_js(2)  # the file itself is in the script
+    project, version = tab.on_load(ctx)
+    assert project["value"] == "可爱的狗" and version["value"] == "v1"
+
+
+def test_the_poll_never_uses_the_queue(tmp_path):
+    ctx = make_context(tmp_path)
+    blocks = build_tab(ctx)
+    ids = {b._id: b.elem_id for b in blocks.blocks.values()}
+    polls = [d for d in blocks.dependencies
+             if any(ids.get(t if isinstance(t, int) else t[0]) == "train_tools_poll" for t in d.get("targets", []))]
+    assert len(polls) == 1 and polls[0]["queue"] is False and polls[0]["show_progress"] == compat.HIDDEN
+
+
+def test_poll_combines_progress_and_checkpoints(tmp_path):
+    ctx = make_context(tmp_path)
+    ctx.workspace.create_project("dog")
+    out = tab.poll(ctx, "dog", "v1", {}, None, None)
+    assert len(out) == 8 + 9 + 1 and "Not trained yet" in out[0]
+    again = tab.poll(ctx, "dog", "v1", out[-1], None, None)
+    assert all(set(u) <= {"__type__"} for u in again[:-1])
+
+
+def test_the_standalone_app_renders_the_same_tab(tmp_path):
+    args = app.parse_args(["--workspace", str(tmp_path / "ws"), "--lang", "zh_CN", "--port", "7999"])
+    assert args.host == "127.0.0.1" and args.port == 7999 and args.ckpt_dir == []
+    ctx = make_context(tmp_path)
+    demo = app.build_app(ctx)
+    ids = elem_ids(demo)
+    assert "train_tools_root" in ids and "train_tools_train" in ids
+    assert "train_tools_msg_error" in (demo.css or "")

@@ -1,0 +1,157 @@
+"""The training form: presets and tiers fill it, edits are kept, checks show beside their fields, Train writes the
+config and queues the job."""
+from lib_trainer.trainer.schema import load_config
+from lib_trainer.ui import dataset_panel, train_fields, train_panel, version_settings
+from tests.ui_support import make_context, pictures, value
+
+PRESET = train_panel.PRESET_CHOICES
+VRAM = train_panel.VRAM_CHOICES
+ERRORS = train_panel.ERROR_KEYS
+
+
+class QueueRecorder:
+    """Records what the tab queues (the job runner itself is tested in test_jobs.py and test_ui_runs.py)."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def jobs(self):
+        return []
+
+    def submit(self, project, version):
+        self.submitted.append((project, version))
+
+        class Job:
+            position = len(self.submitted)
+        return Job()
+
+
+def prepared(tmp_path, runner=None, pictures_too=True):
+    ctx = make_context(tmp_path, runner=runner)
+    ctx.workspace.create_project("dog")
+    if pictures_too:
+        dataset_panel.on_import(ctx, "dog", "v1", [str(p) for p in pictures(tmp_path / "up", 3)], "")
+        dataset_panel.on_preprocess(ctx, "dog", "v1", 64, 64, "center", False, False, None, "dog", 2)
+    return ctx, ctx.version("dog", "v1")
+
+
+def refreshed_form(ctx):
+    out = train_panel.on_refresh(ctx, "dog", "v1")
+    base, preset, vram = value(out[0]), out[1], out[2]
+    values = list(out[3:3 + len(train_fields.KEYS)])
+    return base, preset, vram, values
+
+
+def set_field(values, key, new):
+    values[train_fields.KEYS.index(key)] = new
+    return values
+
+
+def errors_of(out):
+    return dict(zip(ERRORS, out[1:]))
+
+
+def test_defaults_come_from_the_preset_tier_and_base_model(tmp_path):
+    ctx, version = prepared(tmp_path)
+    base, preset, vram, values = refreshed_form(ctx)
+    form = train_fields.form_to_dict(values)
+    assert base == "base.safetensors" and preset == PRESET.label("character") and vram == VRAM.label(8)
+    assert form["max_train_epochs"] == 10 and form["network_dim"] == 16 and form["resolution"] == 512
+    assert form["train_batch_size"] == 2 and form["optimizer_type"] == "AdamW8bit" and form["clip_skip"] == 2
+    assert form["network_type"] == train_fields.network_type_label("lora")
+    estimate = train_panel.on_refresh(ctx, "dog", "v1")[3 + len(train_fields.KEYS)]
+    assert "Estimate" in estimate and "30 steps" in estimate  # 3 pictures × 2 repeats / batch 2 × 10 epochs
+
+
+def test_choosing_a_preset_fills_the_fields_and_keeps_the_trigger_word(tmp_path):
+    ctx, version = prepared(tmp_path)
+    base, _, _, values = refreshed_form(ctx)
+    set_field(values, "trigger", "sks_dog")
+    out = train_panel.on_preset(ctx, "dog", "v1", base, PRESET.label("style"), VRAM.label(24), *values)
+    form = train_fields.form_to_dict(out[:-1])
+    assert form["network_dim"] == 32 and form["train_batch_size"] == 6 and form["optimizer_type"] == "AdamW"
+    assert form["network_type"] == train_fields.network_type_label("locon") and form["conv_dim"] == 8
+    assert form["trigger"] == "sks_dog" and "Estimate" in out[-1]
+    stored = version_settings.get(version, "train")
+    assert stored["preset"] == "style" and stored["vram"] == 24 and stored["base_model"] == str(ctx.host.model)
+
+
+def test_edits_are_saved_and_shown_again_after_a_reload(tmp_path):
+    ctx, version = prepared(tmp_path)
+    base, preset, vram, values = refreshed_form(ctx)
+    set_field(values, "max_train_epochs", 3)
+    set_field(values, "seed", 99)
+    estimate = train_panel.on_change(ctx, "dog", "v1", base, preset, vram, *values)
+    assert "9 steps" in estimate
+    _, _, _, again = refreshed_form(ctx)
+    form = train_fields.form_to_dict(again)
+    assert form["max_train_epochs"] == 3 and form["seed"] == 99
+
+
+def test_network_types_become_the_config_keys():
+    base = train_fields.form_from_values({"network_dim": 8, "network_alpha": 4})
+    lora = train_fields.overrides_from_form({**base, "network_type": "lora", "conv_dim": 4})
+    assert lora["network_module"] == "networks.lora" and lora["conv_dim"] == 0 and lora["network_args"] == []
+    locon = train_fields.overrides_from_form({**base, "network_type": "locon", "conv_dim": 0})
+    assert locon["conv_dim"] == 4 and locon["conv_alpha"] == 2.0
+    loha = train_fields.overrides_from_form({**base, "network_type": "loha"})
+    assert loha["network_module"] == "lycoris.kohya" and loha["network_args"] == ["algo=loha"]
+    off = train_fields.overrides_from_form({**base, "noise_offset": 0, "min_snr_gamma": None, "resolution": 768})
+    assert off["noise_offset"] == 0.0 and off["min_snr_gamma"] == 0.0 and off["resolution"] == "768,768"
+    form = train_fields.form_from_values({"network_module": "lycoris.kohya", "network_args": ["algo=lokr"]})
+    assert form["network_type"] == "lokr"
+
+
+def test_problems_are_shown_beside_their_fields_and_nothing_is_queued(tmp_path):
+    recorder = QueueRecorder()
+    ctx, version = prepared(tmp_path, runner=recorder)
+    base, preset, vram, values = refreshed_form(ctx)
+    set_field(values, "resolution", 100)
+    out = train_panel.on_train(ctx, "dog", "v1", "gone.safetensors", preset, vram, *values)
+    errors = errors_of(out)
+    assert "Fix the marked fields" in out[0]
+    assert "Choose a base model" in errors["pretrained_model_name_or_path"]
+    assert "multiples of 64" in errors["resolution"] and "train_tools_msg_error" in errors["resolution"]
+    assert "AdamW8bit" in errors["optimizer_type"]  # this machine has no NVIDIA GPU
+    assert errors["network_dim"] == "" and recorder.submitted == [] and not version.config_path.exists()
+
+
+def test_an_empty_dataset_is_refused(tmp_path):
+    recorder = QueueRecorder()
+    ctx, version = prepared(tmp_path, runner=recorder, pictures_too=False)
+    base, preset, _, values = refreshed_form(ctx)
+    out = train_panel.on_train(ctx, "dog", "v1", base, preset, VRAM.label(24), *values)
+    assert "dataset is empty" in errors_of(out)["dataset"] and recorder.submitted == []
+
+
+def test_train_writes_the_config_and_queues_the_version(tmp_path):
+    recorder = QueueRecorder()
+    ctx, version = prepared(tmp_path, runner=recorder)
+    base, preset, _, values = refreshed_form(ctx)
+    values = list(train_panel.on_preset(ctx, "dog", "v1", base, preset, VRAM.label(24), *values)[:-1])
+    for key, new in (("max_train_epochs", 2), ("network_dim", 4), ("network_alpha", 2), ("resolution", 64),
+                     ("train_batch_size", 1), ("min_bucket_reso", 64), ("max_bucket_reso", 128),
+                     ("trigger", "sks_dog"), ("auto_preview", False)):
+        set_field(values, key, new)
+    out = train_panel.on_train(ctx, "dog", "v1", base, preset, VRAM.label(24), *values)
+    assert "Training starts now" in out[0] and all(e == "" for e in out[1:]), out
+    assert recorder.submitted == [("dog", "v1")]
+    cfg, _ = load_config(version.config_path)
+    assert cfg.max_train_epochs == 2 and cfg.network_dim == 4 and cfg.resolution_wh == (64, 64)
+    assert cfg.optimizer_type == "AdamW" and cfg.pretrained_model_name_or_path == str(ctx.host.model)
+    assert cfg.output_name == version.output_name and cfg.events_file == str(version.events_path)
+    assert cfg.keep_tokens == 1 and cfg.clip_skip == 2
+    # the trigger word typed in the form became every caption's first tag, and the sample prompt
+    assert all(p.read_text(encoding="utf-8").startswith("sks_dog") for p in version.train_dir.rglob("*.txt"))
+    assert (version.samples_dir / "prompts.txt").read_text(encoding="utf-8").startswith("sks_dog")
+    assert version_settings.get(version, "auto_preview") is False
+    assert version_settings.trigger_word(version) == "sks_dog"
+
+
+def test_a_busy_version_is_not_queued_twice(tmp_path):
+    recorder = QueueRecorder()
+    ctx, version = prepared(tmp_path, runner=recorder)
+    version.update(status="running")
+    base, preset, vram, values = refreshed_form(ctx)
+    out = train_panel.on_train(ctx, "dog", "v1", base, preset, vram, *values)
+    assert "already training" in out[0] and recorder.submitted == []
