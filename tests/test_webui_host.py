@@ -74,13 +74,16 @@ class Options:
               "uni_pc_order", "interrogate_deepbooru_score_threshold", "deepbooru_sort_alpha",
               "interrogate_return_ranks", "outdir_samples", "outdir_txt2img_samples", "outdir_txt2img_grids"}
 
-    def __init__(self, **data: Any) -> None:
-        object.__setattr__(self, "data", dict(data))
+    def __init__(self, defaults: dict, **data: Any) -> None:
+        object.__setattr__(self, "defaults", dict(defaults))
+        object.__setattr__(self, "data", dict(data))  # like config.json: only what was ever changed
         object.__setattr__(self, "data_labels", {k: object() for k in self.LABELS})
 
     def __getattr__(self, key: str) -> Any:
-        try:
+        if key in self.data:
             return self.data[key]
+        try:
+            return self.defaults[key]
         except KeyError:
             raise AttributeError(key) from None
 
@@ -161,10 +164,10 @@ class FakeWebUI:
         self.ckpt_dir = root / "models" / "Stable-diffusion"
         self.queue_lock = OwnedLock()
         self.state = State()
-        self.opts = Options(sd_model_checkpoint="", CLIP_stop_at_last_layers=1, sd_lora="my_style",
-                            lora_add_hashes_to_infotext=False, uni_pc_order=3,
+        defaults = dict(CLIP_stop_at_last_layers=1, uni_pc_order=3, outdir_samples="")
+        self.opts = Options(defaults, sd_model_checkpoint="", sd_lora="my_style", lora_add_hashes_to_infotext=False,
                             interrogate_deepbooru_score_threshold=0.5, deepbooru_sort_alpha=True,
-                            interrogate_return_ranks=True, outdir_samples="",
+                            interrogate_return_ranks=True,
                             outdir_txt2img_samples=str(root / "outputs" / "txt2img-images"),
                             outdir_txt2img_grids=str(root / "outputs" / "txt2img-grids"))
         self.processed: list = []  # every p given to process_images
@@ -243,12 +246,13 @@ class FakeWebUI:
 
         self.processed.append(p)
         self.lock_held_while_drawing.append(self.queue_lock.held_by_me())
-        stored = {k: self.opts.data.get(k) for k in p.override_settings}
+        # as 1.10.1 does: only options present in opts.data are put back afterwards
+        stored = {k: self.opts.data[k] for k in p.override_settings if k in self.opts.data}
         try:
             for key, value in p.override_settings.items():
                 self.opts.data[key] = value
-            self.seen_opts.append(dict(self.opts.data))
-            if self.opts.data["uni_pc_order"] > p.steps and p.sampler_name == "UniPC":
+            self.seen_opts.append(dict(self.opts.defaults, **self.opts.data))
+            if self.opts.uni_pc_order > p.steps and p.sampler_name == "UniPC":
                 raise AssertionError("UniPC order must be < sampling steps")
             for _ in range(p.steps):
                 if self.state.interrupted:
@@ -484,7 +488,8 @@ def test_txt2img_draws_under_the_queue_lock_without_scripts_or_saving(webui, hos
     assert p.batch_size == 1 and p.n_iter == 1 and p.restore_faces is False and p.tiling is False
     seen = webui.seen_opts[-1]
     assert seen["CLIP_stop_at_last_layers"] == 2 and seen["sd_lora"] == "None"
-    assert webui.opts.CLIP_stop_at_last_layers == 1, "overrides are the WebUI's, restored after the image"
+    assert webui.opts.CLIP_stop_at_last_layers == 1, "an option at its default must not keep our value"
+    assert "CLIP_stop_at_last_layers" not in webui.opts.data and "uni_pc_order" not in webui.opts.data
     assert webui.opts.sd_lora == "my_style", "the person's 'add network to prompt' is only off for our image"
     assert webui.state.calls == ["begin", "end"] and webui.state.job == ""
     assert result.image.size == (64, 64) and result.seed == 7 and result.loras_applied == []
@@ -514,7 +519,7 @@ def test_loras_are_staged_by_content_and_named_in_the_prompt(webui, host, lora, 
     staged = list((webui.lora_dir / PREVIEW_FOLDER).rglob("*.safetensors"))
     assert len(staged) == 1 and staged[0].read_bytes() == lora.read_bytes()
     name = staged[0].stem
-    assert p.prompt == f"dog, red ball <lora:{name}:0.4>"
+    assert p.prompt == f"dog, red ball<lora:{name}:0.4>"
     assert webui.seen_opts[-1]["lora_add_hashes_to_infotext"] is True
     assert webui.opts.lora_add_hashes_to_infotext is False, "the person's setting is back after the image"
     assert result.loras_applied == [str(lora)] and parse_lora_hashes(result.infotext) == {name: name[-12:]}

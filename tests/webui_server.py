@@ -191,6 +191,11 @@ class WebUIServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the WebUI exited with {self.process.returncode}:\n{self.log_tail()}")
+            # No request before the WebUI says it has started: one that arrives between gradio's launch and the
+            # API set-up makes starlette build its middleware stack, and the WebUI then dies adding its own.
+            if "Startup time:" not in self.log_tail(400):
+                time.sleep(1.0)
+                continue
             try:
                 if self.call("name") and self.get("/sdapi/v1/sd-models"):
                     return

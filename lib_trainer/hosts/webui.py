@@ -369,8 +369,9 @@ class WebUIHost(Host):
             raise HostInterrupted(tr("Image generation was interrupted."))
         checkpoint = self._checkpoint(request.checkpoint)
         staged = self._stage(request.loras, checkpoint)
-        tags = lora_prompt((name, spec.weight) for spec, name in staged)
-        prompt = f"{request.prompt} {tags}" if tags and request.prompt else (tags or request.prompt)
+        # Appended without spaces: the WebUI cuts the tags out of the prompt it writes into the infotext, which
+        # then reads exactly as requested.
+        prompt = request.prompt + "".join(lora_prompt([(name, spec.weight)]) for spec, name in staged)
 
         with self._queue_lock():
             run = _Run()
@@ -419,6 +420,10 @@ class WebUIHost(Host):
         p.outpath_grids = getattr(shared.opts, "outdir_txt2img_grids", None) or str(self.outputs_dir())
         p.scripts = None  # no always-on scripts of other extensions: a preview shows the LoRA, nothing else
 
+        # The WebUI puts back only the overridden options that were in opts.data before (1.10.1); one still at its
+        # default (never saved) would keep our value, so every override is put back here as it was.
+        data = shared.opts.data
+        saved = {key: (key in data, data.get(key)) for key in overrides}
         state = shared.state
         done = threading.Event()
         watcher = None
@@ -449,6 +454,11 @@ class WebUIHost(Host):
             if watcher is not None:
                 watcher.join()
             state.end()
+            for key, (present, value) in saved.items():
+                if not present:
+                    data.pop(key, None)
+                elif data.get(key) != value:
+                    data[key] = value
         return processed, interrupted
 
     # ---- LoRA files -------------------------------------------------------------------------------------------

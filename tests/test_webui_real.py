@@ -1,0 +1,102 @@
+"""The WebUI host inside a real WebUI, observed from outside through the WebUI's own API (``/sdapi/v1``).
+
+Runs only when ``TRAIN_TOOLS_WEBUI_DIR`` points at a WebUI (see tests/webui_server.py for how it is started and
+driven); skipped otherwise, as in CI. tests/test_host_contract.py runs the common host contract against the same
+server; these checks are the ones only a real WebUI can answer: does the host see what the WebUI sees, does a
+staged LoRA resolve in the WebUI's own pipeline, and is the WebUI left exactly as it was for a person's own work.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib_trainer.hosts.base import PREVIEW_FOLDER, LoraSpec, version_key
+from tests.host_contract import HostUnderTest, contract_lora, webui_host  # noqa: F401 — fixtures by name
+from tests.trainer_fixtures import tiny_sd1  # noqa: F401
+
+PERSON = {"prompt": "a red ball on grass", "negative_prompt": "", "seed": 99, "steps": 3, "width": 64, "height": 64,
+          "sampler_name": "Euler a", "cfg_scale": 7.0}
+
+
+@pytest.fixture(scope="module")
+def hut(webui_host) -> HostUnderTest:  # noqa: F811
+    return webui_host
+
+
+@pytest.fixture(scope="module")
+def server(hut):
+    return hut.host.server
+
+
+def person_draws(server, **changes) -> tuple[np.ndarray, dict]:
+    """A person's own txt2img through the WebUI's API."""
+    answer = server.post("/sdapi/v1/txt2img", dict(PERSON, **changes))
+    image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB")
+    return np.asarray(image, dtype=np.int16), json.loads(answer["info"])
+
+
+def test_the_host_sees_what_the_webui_lists(hut, server):
+    models = server.get("/sdapi/v1/sd-models")
+    listing = hut.host.checkpoints(refresh=True)
+    assert [c.path for c in listing] == [m["filename"] for m in models]
+    assert [c.title for c in listing] == [m["title"] for m in models]
+    assert set(hut.host.samplers()) == {s["name"] for s in server.get("/sdapi/v1/samplers")}
+    assert hut.host.upscalers() == [u["name"] for u in server.get("/sdapi/v1/upscalers") if u["name"] != "None"]
+    assert hut.host.name == "webui"
+
+
+def test_the_extension_tab_is_loaded_next_to_the_probe(server):
+    config = server.get("/config")
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert "train_tools_status" in ids or any(str(i).startswith("train_tools") for i in ids if i), \
+        "the real Train Tools extension did not build its tab in this WebUI"
+
+
+def test_a_preview_leaves_the_webui_as_the_person_had_it(hut, server):
+    keys = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_lora", "lora_add_hashes_to_infotext", "uni_pc_order")
+    server.post("/sdapi/v1/options", {"lora_add_hashes_to_infotext": False})
+    try:
+        before = {k: server.get("/sdapi/v1/options")[k] for k in keys}
+        mine_before, info_before = person_draws(server)
+
+        result = hut.host.txt2img(hut.request(loras=[LoraSpec(str(hut.lora), 1.0)], clip_skip=2))
+        assert "Lora hashes" in result.infotext and "Clip skip: 2" in result.infotext
+        hut.host.txt2img(hut.request(sampler="UniPC", steps=2))
+
+        assert {k: server.get("/sdapi/v1/options")[k] for k in keys} == before
+        mine_after, info_after = person_draws(server)
+        assert np.array_equal(mine_before, mine_after), "the person's image changed after our preview"
+        assert "Lora hashes" not in info_after["infotexts"][0] and "Clip skip" not in info_after["infotexts"][0]
+    finally:
+        server.post("/sdapi/v1/options", {"lora_add_hashes_to_infotext": True})
+
+
+def test_a_staged_lora_resolves_in_the_webuis_own_pipeline_and_is_forgotten(hut, server):
+    ours = hut.host.txt2img(hut.request(loras=[LoraSpec(str(hut.lora), 0.7)]))
+    folder = hut.host.lora_dir() / PREVIEW_FOLDER / version_key(Path(hut.lora).parent)
+    server.post("/sdapi/v1/refresh-loras")
+    staged = [entry for entry in server.get("/sdapi/v1/loras") if Path(entry["path"]).is_relative_to(folder)]
+    assert len(staged) == 1, staged
+    name = staged[0]["name"]
+    assert name.startswith("tt-") and f'Lora hashes: "{name}: ' in ours.infotext
+    assert ours.infotext.split("\n")[0] == hut.request().prompt, "the infotext shows the prompt as requested"
+
+    # the same request written by hand in the WebUI's own txt2img: the same picture
+    request = hut.request(loras=[])
+    title = next(c.title for c in hut.host.checkpoints() if c.path == hut.checkpoint)
+    theirs, info = person_draws(server, prompt=f"{request.prompt} <lora:{name}:0.7>",
+                                negative_prompt=request.negative_prompt, seed=request.seed, steps=request.steps,
+                                width=request.width, height=request.height, sampler_name=request.sampler,
+                                override_settings={"sd_model_checkpoint": title})
+    assert f"{name}: " in info["infotexts"][0]
+    assert np.array_equal(theirs, np.asarray(ours.image.convert("RGB"), dtype=np.int16))
+
+    hut.host.forget_preview_loras(Path(hut.lora).parent)
+    assert not folder.exists()
+    assert name not in {entry["name"] for entry in server.get("/sdapi/v1/loras")}
