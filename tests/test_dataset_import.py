@@ -8,7 +8,6 @@ import threading
 import unicodedata
 import zipfile
 
-import pytest
 
 from lib_trainer.dataset.importer import (
     INDEX_NAME,

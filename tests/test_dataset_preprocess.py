@@ -20,12 +20,12 @@ from lib_trainer.dataset.preprocess import (
     focal_point,
     haar_cascade_path,
     interest_map,
-    plan_crop,
+    crop_window,
     preprocess,
     validate_target,
 )
 from lib_trainer.trainer.buckets import assign_bucket, make_buckets
-from tests.dataset_corpus import encode, exif_rotated_jpeg, noise
+from tests.dataset_corpus import exif_rotated_jpeg, noise
 
 
 def _save(path, im, **kwargs):
@@ -94,7 +94,7 @@ def test_concept_folder_names():
 def test_bad_options_are_refused(source, tmp_path):
     for options in (PreprocessOptions(width=500), PreprocessOptions(crop="zoom"), PreprocessOptions(image_format="gif"),
                     PreprocessOptions(face_crops=-1), PreprocessOptions(background="plaid"),
-                    PreprocessOptions(caption_extension=".md")):
+                    PreprocessOptions(caption_extension=".md"), PreprocessOptions(resample="nearest")):
         with pytest.raises(PreprocessError):
             preprocess(source, tmp_path / "train", repeats=1, concept="dog", options=options)
     with pytest.raises(PreprocessError):
@@ -110,8 +110,9 @@ def test_center_crop_sizes_captions_and_source_untouched(source, tmp_path):
                         face_detector=_no_faces)
     out = train / "10_sks dog"
     assert result.folder == str(out)
-    assert _files(out) == ["rotated.png", "small.png", "tall.png", "tall.txt", "wide.png", "wide.txt"]
-    for name in ("rotated.png", "small.png", "tall.png", "wide.png"):
+    # image_format "auto": JPEG sources give JPEG outputs, the others PNG.
+    assert _files(out) == ["rotated.jpg", "small.png", "tall.jpg", "tall.txt", "wide.png", "wide.txt"]
+    for name in ("rotated.jpg", "small.png", "tall.jpg", "wide.png"):
         with Image.open(out / name) as im:
             assert im.size == (512, 512) and im.mode == "RGB"
     assert (out / "wide.txt").read_text(encoding="utf-8") == "sks dog, grass"
@@ -120,7 +121,11 @@ def test_center_crop_sizes_captions_and_source_untouched(source, tmp_path):
     assert not [p for p in out.iterdir() if p.suffix == ".tmp" or ".tmp" in p.name]
     manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
     assert manifest["sources"]["wide.png"]["outputs"] == ["wide.png"]
-    assert sorted(result.written) == ["rotated.png", "small.png", "tall.png", "wide.png"]
+    assert sorted(result.written) == ["rotated.jpg", "small.png", "tall.jpg", "wide.png"]
+    with Image.open(out / "tall.jpg") as im:
+        assert im.format == "JPEG"
+    with Image.open(out / "wide.png") as im:
+        assert im.format == "PNG"
     assert result.sources == 4 and "4 training pictures" in result.summary()
 
 
@@ -203,7 +208,7 @@ def test_extra_face_crops_through_an_injected_detector(tmp_path):
 
 
 def test_none_keeps_the_aspect_ratio_in_its_bucket(source, tmp_path):
-    options = PreprocessOptions(crop="none", width=512, height=512)
+    options = PreprocessOptions(crop="none", width=512, height=512, image_format="png")
     preprocess(source, tmp_path / "train", repeats=2, concept="b", options=options, face_detector=_no_faces)
     buckets = make_buckets((512, 512), 256, 1024, 64)
     expected = {"wide.png": (1024, 512), "tall.png": (600, 900), "small.png": (200, 150), "rotated.png": (200, 300)}
@@ -232,8 +237,9 @@ def test_upscaler_is_used_for_small_pictures_only(source, tmp_path):
     result = preprocess(source, tmp_path / "train", repeats=1, concept="u", options=options, upscale=upscale,
                         face_detector=_no_faces)
     sizes = sorted(size for size, _ in calls)
-    assert sizes == [(200, 150), (200, 300)]  # small.png and rotated.png; the big ones are only shrunk
-    scale = dict(calls)[(200, 150)]
+    # The crop regions of small.png (200×150) and rotated.png (200×300); the big pictures are only shrunk.
+    assert sizes == [(150, 150), (200, 200)]
+    scale = dict(calls)[(150, 150)]
     assert scale == pytest.approx(512 / 150, rel=0.01)
     with Image.open(tmp_path / "train" / "1_u" / "small.png") as out:
         assert out.convert("RGB").getpixel((100, 100)) == (0, 255, 0)
@@ -267,18 +273,23 @@ def test_rerun_is_idempotent_and_cleans_up(source, tmp_path):
     # Options changed: everything is redone, outputs no longer asked for are removed.
     fourth = preprocess(source, train, repeats=5, concept="d", options=PreprocessOptions(flip=False),
                         face_detector=_no_faces)
-    assert sorted(fourth.written) == ["rotated.png", "small.png", "tall.png"]
-    assert _files(out) == ["rotated.png", "small.png", "tall.png", "tall.txt"]
+    assert sorted(fourth.written) == ["rotated.jpg", "small.png", "tall.jpg"]
+    assert _files(out) == ["rotated.jpg", "small.png", "tall.jpg", "tall.txt"]
     # A source picture changed: only it is redone.
     _save(source / "small.png", noise((200, 150), 99))
     fifth = preprocess(source, train, repeats=5, concept="d", options=PreprocessOptions(flip=False),
                        face_detector=_no_faces)
     assert fifth.written == ["small.png"] and len(fifth.unchanged) == 2
     # An output deleted by hand is made again.
-    (out / "tall.png").unlink()
+    (out / "tall.jpg").unlink()
     sixth = preprocess(source, train, repeats=5, concept="d", options=PreprocessOptions(flip=False),
                        face_detector=_no_faces)
-    assert sixth.written == ["tall.png"]
+    assert sixth.written == ["tall.jpg"]
+    # The output format changed: the JPEG outputs become PNG ones, the old files go.
+    seventh = preprocess(source, train, repeats=5, concept="d", options=PreprocessOptions(image_format="png"),
+                         face_detector=_no_faces)
+    assert sorted(seventh.removed) == ["rotated.jpg", "tall.jpg"]
+    assert _files(out) == ["rotated.png", "small.png", "tall.png", "tall.txt"]
 
 
 def test_files_someone_put_in_the_output_folder_are_left_alone(source, tmp_path):
@@ -327,7 +338,7 @@ def test_unreadable_sources_are_named_and_their_old_outputs_removed(source, tmp_
     (source / "tall.jpg").write_bytes(data[: len(data) // 3])
     result = preprocess(source, train, repeats=1, concept="x", face_detector=_no_faces)
     assert result.skipped == [{"name": "tall.jpg", "reason": result.skipped[0]["reason"], "code": "truncated"}]
-    assert "tall.png" in result.removed and not (train / "1_x" / "tall.png").exists()
+    assert "tall.jpg" in result.removed and not (train / "1_x" / "tall.jpg").exists()
     assert len(result.unchanged) == 3
 
 
@@ -339,7 +350,7 @@ def test_unicode_and_clashing_names(tmp_path):
     _save(src / "b.png", noise((600, 600), 4))
     _save(src / "b_flip.png", noise((600, 600), 5))
     (src / "可爱的狗 01.txt").write_text("可爱, 狗", encoding="utf-8")
-    preprocess(src, tmp_path / "train", repeats=1, concept="狗", options=PreprocessOptions(flip=True),
+    preprocess(src, tmp_path / "train", repeats=1, concept="狗", options=PreprocessOptions(flip=True, image_format="png"),
                face_detector=_no_faces)
     out = tmp_path / "train" / "1_狗"
     names = _files(out)
@@ -378,10 +389,12 @@ def test_jpeg_output_and_background(tmp_path):
         assert out.format == "JPEG" and max(out.convert("RGB").getpixel((10, 10))) < 8
 
 
-def test_plan_crop_stays_inside():
-    assert plan_crop((1000, 512), (512, 512)) == (244, 0, 512, 512)
-    assert plan_crop((1000, 512), (512, 512), (990, 10)) == (488, 0, 512, 512)
-    assert plan_crop((1000, 512), (512, 512), (0, 500)) == (0, 0, 512, 512)
+def test_crop_window_is_the_covering_region_inside_the_picture():
+    assert crop_window((1000, 512), (512, 512)) == (244, 0, 756, 512)
+    assert crop_window((1000, 512), (512, 512), (990, 10)) == (488, 0, 1000, 512)
+    assert crop_window((1000, 512), (512, 512), (0, 500)) == (0, 0, 512, 512)
+    assert crop_window((2000, 1000), (512, 512)) == (500, 0, 1500, 1000)  # in the picture's own pixels
+    assert crop_window((100, 300), (512, 768)) == (0, 75, 100, 225)  # smaller than the target: enlarged later
 
 
 def test_interest_map_scores_detail_over_flat():
@@ -413,3 +426,51 @@ def test_without_opencv_focal_crop_still_works(monkeypatch, tmp_path):
 def test_default_face_detector_runs_in_focal_mode(source, tmp_path):
     result = preprocess(source, tmp_path / "train", repeats=1, concept="h", options=PreprocessOptions(crop="focal"))
     assert len(result.written) == 4 and not result.skipped
+
+
+def test_the_upscaler_is_never_called_twice_at_once(tmp_path):
+    src = tmp_path / "source"
+    for i in range(6):
+        _save(src / f"s{i}.png", noise((120, 100), 600 + i))
+    active = []
+    overlaps = []
+    lock = threading.Lock()
+
+    def upscale(image, scale):
+        with lock:
+            active.append(1)
+            if len(active) > 1:
+                overlaps.append(len(active))
+        try:
+            threading.Event().wait(0.02)
+            return image.resize((round(image.width * scale), round(image.height * scale)))
+        finally:
+            with lock:
+                active.pop()
+
+    result = preprocess(src, tmp_path / "train", repeats=1, concept="u", upscale=upscale, workers=3,
+                        face_detector=_no_faces)
+    assert len(result.written) == 6 and overlaps == []
+
+
+def test_a_second_folder_of_the_same_concept_is_pointed_out(source, tmp_path):
+    train = tmp_path / "train"
+    (train / "3_dog").mkdir(parents=True)
+    (train / "7_dog").mkdir()
+    result = preprocess(source, train, repeats=3, concept="dog", face_detector=_no_faces)
+    assert any("7_dog" in m for m in result.messages) and (train / "7_dog").is_dir()
+
+
+def test_resampling_choice(tmp_path):
+    src = tmp_path / "source"
+    _save(src / "big.png", noise((1024, 1024), 9))
+    area = preprocess(src, tmp_path / "a", repeats=1, concept="r", face_detector=_no_faces)
+    lanczos = preprocess(src, tmp_path / "l", repeats=1, concept="r", options=PreprocessOptions(resample="lanczos"),
+                         face_detector=_no_faces)
+    with Image.open(tmp_path / "a" / "1_r" / "big.png") as a, Image.open(tmp_path / "l" / "1_r" / "big.png") as b:
+        a_arr = np.asarray(a, dtype=np.int32)
+        b_arr = np.asarray(b, dtype=np.int32)
+    with Image.open(src / "big.png") as im:
+        expected = np.asarray(im.convert("RGB").reduce(2), dtype=np.int32)  # 2×2 pixel averages
+    assert np.abs(a_arr - expected).max() <= 1 and not np.array_equal(a_arr, b_arr)
+    assert area.written == lanczos.written == ["big.png"]

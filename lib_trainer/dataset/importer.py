@@ -481,7 +481,7 @@ def _checked_in_order(candidates: List[_Candidate], options: ImportOptions,
                       stop: Optional[threading.Event]) -> Iterator[Tuple[_Candidate, _Checked]]:
     """``(candidate, result)`` in input order, checked on a thread pool a few files ahead (memory stays bounded)."""
     workers = options.workers or min(4, os.cpu_count() or 1)
-    ahead = max(2, workers * 2)
+    ahead = workers + 1  # files in memory at once: bounded, whatever the folder's size
     if workers <= 1:
         for cand in candidates:
             if stop is not None and stop.is_set():
@@ -536,7 +536,8 @@ def import_pictures(
 
     ``inputs`` are paths, or ``(name, path)`` pairs when the file's real name differs from its temporary path
     (browser uploads). A folder is walked recursively; an archive is read member by member. ``allowed_roots``,
-    when given, limits which server folders and files may be read (the tab passes the folders the admin allowed).
+    when given, limits which server folders and files may be read: pass it for paths a person typed (the folders
+    the admin allowed), not for the temporary files of browser uploads.
     ``progress(done, total, name)`` is called after each file; setting ``stop`` ends the import after the current
     file (what is imported stays, the report says ``stopped``).
     """

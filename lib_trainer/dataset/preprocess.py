@@ -61,7 +61,7 @@ __all__ = [
     "validate_target",
     "concept_folder_name",
     "preprocess",
-    "plan_crop",
+    "crop_window",
     "focal_point",
     "interest_map",
     "detect_faces",
@@ -99,8 +99,14 @@ class PreprocessOptions:
     face_zoom: float = 2.2
     background: Union[str, Tuple[int, int, int]] = "white"
     caption_extension: str = ".txt"
-    image_format: str = "png"  # png | jpg
+    #: "auto": JPEG (quality 95, full colour resolution) for JPEG sources — already lossy, a PNG of them keeps
+    #: nothing more and costs ~10× the encoding time and ~3× the disk — and PNG for everything else (drawings,
+    #: screenshots, transparency: lossless stays lossless). Or "png" / "jpg" for all.
+    image_format: str = "auto"  # auto | png | jpg
     jpeg_quality: int = 95
+    #: "area": shrink by pixel-area averaging (what sd-scripts does; 2× faster than Lanczos), enlarge with
+    #: Lanczos; "lanczos": Lanczos both ways (a little sharper when shrinking).
+    resample: str = "area"
     #: Bucket limits for crop mode "none" (widened to the target when they would exclude it).
     min_bucket_reso: int = 256
     max_bucket_reso: int = 1024
@@ -175,8 +181,10 @@ def _check_options(options: PreprocessOptions) -> None:
     validate_target(options.width, options.height)
     if options.crop not in CROP_MODES:
         raise PreprocessError(tr("Crop mode must be one of {modes}, not {mode!r}.", modes=", ".join(CROP_MODES), mode=options.crop))
-    if options.image_format not in ("png", "jpg"):
-        raise PreprocessError(tr("Output format must be png or jpg, not {fmt!r}.", fmt=options.image_format))
+    if options.resample not in ("area", "lanczos"):
+        raise PreprocessError(tr("Resampling must be area or lanczos, not {value!r}.", value=options.resample))
+    if options.image_format not in ("auto", "png", "jpg"):
+        raise PreprocessError(tr("Output format must be auto, png or jpg, not {fmt!r}.", fmt=options.image_format))
     if not (0 <= int(options.face_crops) <= 10):
         raise PreprocessError(tr("Face crops per picture must be between 0 and 10."))
     if not (1.0 <= float(options.face_zoom) <= 10.0):
@@ -215,17 +223,20 @@ def _cover_size(size: Tuple[int, int], target: Tuple[int, int]) -> Tuple[int, in
     return max(tw, round(w * scale)), max(th, round(h * scale))
 
 
-def plan_crop(size: Tuple[int, int], target: Tuple[int, int], focus: Optional[Tuple[float, float]] = None) -> Box:
-    """The ``target``-sized window in a picture of ``size`` (already scaled to cover the target) centred on
-    ``focus`` (default: the middle) and pushed back inside the picture."""
+def crop_window(size: Tuple[int, int], target: Tuple[int, int],
+                focus: Optional[Tuple[float, float]] = None) -> Tuple[float, float, float, float]:
+    """The region ``(left, top, right, bottom)`` of a picture of ``size`` that becomes the ``target`` picture:
+    the largest region of the target's aspect ratio (the picture scaled to *cover* the target, then cut),
+    centred on ``focus`` (default: the middle) and pushed back inside the picture. In the picture's own pixels,
+    as floats, ready for ``Image.resize(target, box=...)`` — one resampling, from the original pixels."""
     w, h = size
     tw, th = target
+    scale = max(tw / w, th / h)
+    cw, ch = min(w, tw / scale), min(h, th / scale)
     fx, fy = focus if focus is not None else (w / 2, h / 2)
-    x = int(round(fx - tw / 2))
-    y = int(round(fy - th / 2))
-    x = min(max(0, x), w - tw)
-    y = min(max(0, y), h - th)
-    return x, y, tw, th
+    x = min(max(0.0, fx - cw / 2), w - cw)
+    y = min(max(0.0, fy - ch / 2), h - ch)
+    return x, y, x + cw, y + ch
 
 
 def interest_map(gray: np.ndarray, block: int = 8) -> np.ndarray:
@@ -262,18 +273,20 @@ def _window_sums(score: np.ndarray, wh: int, ww: int) -> np.ndarray:
 
 
 def _busiest_window_center(image: Image.Image, target: Tuple[int, int]) -> Optional[Tuple[float, float]]:
-    """Centre of the ``target`` window with the most entropy and edges, or None when no window stands out."""
+    """Centre (in ``image``'s pixels) of the crop window for ``target`` with the most entropy and edges, or None
+    when no window stands out from the middle one."""
     w, h = image.size
-    tw, th = target
-    if (w, h) == (tw, th):
-        return None
+    left, top, right, bottom = crop_window((w, h), target)
+    win_w, win_h = right - left, bottom - top
+    if win_w >= w - 1 and win_h >= h - 1:
+        return None  # the window is the whole picture: nothing to choose
     factor = max(1.0, max(w, h) / 256)
     small = image.convert("L").resize((max(1, round(w / factor)), max(1, round(h / factor))), _BOX)
     block = 4
     score = interest_map(np.asarray(small), block)
-    cell = factor * block  # source pixels per map cell
-    ww = max(1, min(score.shape[1], round(tw / cell)))
-    wh = max(1, min(score.shape[0], round(th / cell)))
+    cell = factor * block  # picture pixels per map cell
+    ww = max(1, min(score.shape[1], round(win_w / cell)))
+    wh = max(1, min(score.shape[0], round(win_h / cell)))
     sums = _window_sums(score, wh, ww)
     iy, ix = np.unravel_index(int(np.argmax(sums)), sums.shape)
     cy, cx = (sums.shape[0] - 1) // 2, (sums.shape[1] - 1) // 2
@@ -286,7 +299,7 @@ def _busiest_window_center(image: Image.Image, target: Tuple[int, int]) -> Optio
 def focal_point(
     image: Image.Image, target: Tuple[int, int], face_detector: Optional[FaceDetector] = None
 ) -> Tuple[Tuple[float, float], str]:
-    """Where a ``target`` crop of ``image`` (already scaled to cover it) should be centred, and why:
+    """Where the crop of ``image`` for ``target`` should be centred (in ``image``'s pixels), and why:
     ``"face"`` (the faces' centre, larger faces weigh more), ``"detail"`` (the busiest window) or ``"center"``."""
     faces = list(face_detector(image)) if face_detector is not None else []
     if faces:
@@ -326,8 +339,8 @@ def face_crop_boxes(
 
 # --- faces ------------------------------------------------------------------------------------------------------
 
-# Frontal first, then profile, as the WebUI's auto focal crop tries cascades in turn. On a 2-core machine the two
-# take 0.02–0.2 s per picture at 400 px; faces under a tenth of the short side are not worth a crop anyway.
+# Frontal first, then profile, as the WebUI's auto focal crop tries cascades in turn. At 400 px the two take about
+# 60 ms per picture on one core; faces under an eighth of the short side are not worth a crop anyway.
 _CASCADES = ("haarcascade_frontalface_default.xml", "haarcascade_profileface.xml")
 _local = threading.local()
 
@@ -377,12 +390,12 @@ def detect_faces(image: Image.Image, max_side: int = 400) -> List[Box]:
     if factor > 1:
         small = small.resize((max(1, round(w / factor)), max(1, round(h / factor))), _BOX)
     gray = cv2.equalizeHist(np.asarray(small))
-    min_face = max(24, int(min(small.size) * 0.1))
+    min_face = max(24, int(min(small.size) * 0.12))
     for name in _CASCADES:
         classifier = _cascade(name)
         if classifier is None:
             continue
-        found = classifier.detectMultiScale(gray, scaleFactor=1.15, minNeighbors=6, minSize=(min_face, min_face))
+        found = classifier.detectMultiScale(gray, scaleFactor=1.2, minNeighbors=6, minSize=(min_face, min_face))
         if len(found):
             return [
                 (int(x * factor), int(y * factor), int(fw * factor), int(fh * factor)) for x, y, fw, fh in found
@@ -411,26 +424,38 @@ class _Done:
     notes: List[str] = field(default_factory=list)
 
 
-def _resize(image: Image.Image, size: Tuple[int, int], upscale: Optional[Upscaler], notes: List[str], name: str) -> Image.Image:
-    """``image`` at exactly ``size``; enlargements go through ``upscale`` first when there is one."""
-    if image.size == size:
-        return image
-    factor = max(size[0] / image.size[0], size[1] / image.size[1])
-    if factor > 1.0 and upscale is not None:
+def _render(image: Image.Image, box: Tuple[float, float, float, float], size: Tuple[int, int],
+            upscale: Optional[Upscaler], notes: List[str], name: str, resample: str = "area") -> Image.Image:
+    """The ``box`` region of ``image`` at exactly ``size``: one resampling from the original pixels (see
+    ``PreprocessOptions.resample``); a region smaller than ``size`` goes through the host's ``upscale`` first
+    when there is one."""
+    left, top, right, bottom = box
+    factor = max(size[0] / (right - left), size[1] / (bottom - top))
+    if factor > 1.0 + 1e-6 and upscale is not None:
+        region = image.crop((int(round(left)), int(round(top)), int(round(right)), int(round(bottom))))
         try:
-            enlarged = upscale(image, factor)
+            enlarged = upscale(region, factor)
             if not isinstance(enlarged, Image.Image):
                 raise TypeError(type(enlarged).__name__)
-            image = enlarged.convert("RGB")
+            enlarged = enlarged.convert("RGB")
+            return enlarged if enlarged.size == size else enlarged.resize(size, _LANCZOS)
         except Exception as exc:  # the host's upscaler failing must not lose the picture
             notes.append(tr("{name}: the upscaler failed ({detail}); plain resizing was used", name=name, detail=str(exc)[:200]))
-    if image.size == size:
+    if (left, top, right, bottom) == (0, 0, size[0], size[1]) and image.size == size:
         return image
-    return image.resize(size, _LANCZOS, reducing_gap=3.0)
+    if resample == "area" and factor <= 1.0:
+        return image.resize(size, _BOX, box=box)
+    return image.resize(size, _LANCZOS, box=box, reducing_gap=3.0)
+
+
+def _proxy(image: Image.Image, longest: int = 512) -> Tuple[Image.Image, float]:
+    """A copy at most about ``longest`` pixels long (box-reduced: fast) and its scale to ``image``."""
+    k = max(1, max(image.size) // longest)
+    return (image.reduce(k) if k > 1 else image), float(k)
 
 
 def _save(image: Image.Image, path: Path, options: PreprocessOptions) -> None:
-    if options.image_format == "jpg":
+    if path.suffix == ".jpg":
         atomic_save(path, lambda tmp: image.save(tmp, format="JPEG", quality=options.jpeg_quality, subsampling=0))
     else:
         atomic_save(path, lambda tmp: image.save(tmp, format="PNG", compress_level=1))
@@ -448,25 +473,27 @@ def _process(job: _Job, out_dir: Path, options: PreprocessOptions, upscale: Opti
             shape = assign_bucket(info.size, buckets)
         else:
             shape = target
-        cover = _cover_size(info.size, shape)
-        reduce_to = None if options.face_crops else cover
+        # A big JPEG may be decoded at 1/2, 1/4 or 1/8 scale as long as it still covers what it is cut to.
+        reduce_to = None if options.face_crops else _cover_size(info.size, shape)
         image = open_image(job.source, background=options.background, max_pixels=options.max_pixels, reduce_to=reduce_to)
     except ImageProblem as problem:
         done.problem = problem
         return done
-    original = image
-    scaled = _resize(image, _cover_size(image.size, shape), upscale, done.notes, name)
     focus = None
     if options.crop == "focal":
-        focus, _why = focal_point(scaled, shape, face_detector)
-    x, y, cw, ch = plan_crop(scaled.size, shape, focus)
-    main = scaled.crop((x, y, x + cw, y + ch)) if scaled.size != shape else scaled
-    ext = ".jpg" if options.image_format == "jpg" else ".png"
+        proxy, k = _proxy(image)
+        (px, py), _why = focal_point(proxy, shape, face_detector)
+        focus = (px * k, py * k)
+    main = _render(image, crop_window(image.size, shape, focus), shape, upscale, done.notes, name, options.resample)
+    if options.image_format == "auto":
+        ext = ".jpg" if info.format in ("JPEG", "MPO") else ".png"
+    else:
+        ext = "." + options.image_format
     outputs: List[Tuple[str, Image.Image]] = [(job.stem + ext, main)]
     if options.face_crops:
-        faces = list(face_detector(original)) if face_detector is not None else []
-        for i, (bx, by, bw, bh) in enumerate(face_crop_boxes(original.size, faces, target, options.face_zoom, options.face_crops), 1):
-            close_up = _resize(original.crop((bx, by, bx + bw, by + bh)), target, upscale, done.notes, name)
+        faces = list(face_detector(image)) if face_detector is not None else []
+        for i, (bx, by, bw, bh) in enumerate(face_crop_boxes(image.size, faces, target, options.face_zoom, options.face_crops), 1):
+            close_up = _render(image, (bx, by, bx + bw, by + bh), target, upscale, done.notes, name, options.resample)
             outputs.append((f"{job.stem}_face{i}{ext}", close_up))
     if options.flip:
         outputs += [(Path(n).stem + "_flip" + ext, ImageOps.mirror(im)) for n, im in list(outputs)]
@@ -477,6 +504,17 @@ def _process(job: _Job, out_dir: Path, options: PreprocessOptions, upscale: Opti
 
 
 # --- the folder -------------------------------------------------------------------------------------------------
+
+
+def _one_at_a_time(upscale: Upscaler) -> Upscaler:
+    """The host's upscaler holds one model on one GPU: pictures are worked on in threads, upscaled one by one."""
+    lock = threading.Lock()
+
+    def call(image: Image.Image, scale: float) -> Image.Image:
+        with lock:
+            return upscale(image, scale)
+
+    return call
 
 
 def _signature(path: Path) -> str:
@@ -512,14 +550,18 @@ def _output_stems(sources: Sequence[Path]) -> Dict[Path, str]:
 def _move_other_repeats(out_root: Path, folder_name: str, concept: str, result: PreprocessResult) -> None:
     """When the repeats changed, the folder is renamed rather than redone (captions edited there survive)."""
     target = out_root / folder_name
-    if target.exists() or not out_root.is_dir():
+    if not out_root.is_dir():
         return
     for child in sorted(out_root.iterdir(), key=lambda p: p.name):
         parsed = parse_folder_name(child.name)
         if child.is_dir() and parsed is not None and parsed[1] == concept and child.name != folder_name:
+            if target.exists():
+                result.messages.append(tr(
+                    "{old} holds the same concept with other repeats and is trained too; delete it if it is left "
+                    "over.", old=child.name))
+                continue
             os.replace(child, target)
             result.messages.append(tr("Renamed {old} to {new} (the repeats changed).", old=child.name, new=folder_name))
-            return
 
 
 def _remove_output(out_dir: Path, name: str, options: PreprocessOptions, result: PreprocessResult) -> None:
@@ -591,14 +633,17 @@ def preprocess(
     """Make ``out_root/<repeats>_<concept>/`` from the pictures in ``source_dir`` (see the module's docstring).
 
     ``out_root`` is ``dataset/train`` (or ``dataset/reg`` for regularization pictures). ``upscale(image, scale)``
-    enlarges pictures smaller than their crop (the host's upscaler; None: Lanczos). ``face_detector(image)``
-    returns face boxes ``(x, y, w, h)`` (default: OpenCV's Haar cascades). ``progress(done, total, name)`` after
+    enlarges pictures smaller than their crop (the host's upscaler, called from one thread at a time; None:
+    Lanczos). ``face_detector(image)`` returns face boxes ``(x, y, w, h)`` (default: OpenCV's Haar cascades; it
+    is called from several threads at once). ``progress(done, total, name)`` after
     each picture; ``stop`` ends the run after the pictures being worked on (what is done stays done, and the next
     run continues). Raises :class:`PreprocessError` for impossible options.
     """
     options = options or PreprocessOptions()
     _check_options(options)
     folder_name = concept_folder_name(repeats, concept)
+    if upscale is not None:
+        upscale = _one_at_a_time(upscale)
     source = Path(source_dir)
     root = Path(out_root)
     out_dir = root / folder_name
