@@ -291,6 +291,11 @@ def test_folder_rules(tmp_path):
     assert items["link.png"].reason == "link_outside"
     assert items["old.zip"].reason == "archive_in_folder"
     assert _pictures(source) == ["real.png"]
+    # Uploads ((name, path) pairs) are the server's own temporary files: the folder rule is not theirs.
+    upload = _write(tmp_path / "tmp" / "gradio" / "abc123", encode(noise((120, 100), 302), "PNG"))
+    report = import_pictures([("dropped.png", upload), outside / "a.png"], source, allowed_roots=[allowed])
+    items = _by_name(report)
+    assert items["dropped.png"].status == "imported" and items["a.png"].reason == "not_allowed"
 
 
 def test_max_files_cuts_off_and_says_so(tmp_path):

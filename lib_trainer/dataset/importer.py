@@ -305,16 +305,17 @@ class _Collector:
         self.candidates.append(_Candidate(name, base, group, size, read, read_head, kind))
 
     def add_path(self, path: Path, display: Optional[str] = None) -> None:
+        upload = display is not None  # (name, path) pairs: files the server itself received
         display = display or path.name
         try:
             if path.is_dir():
-                self.add_folder(path)
+                self.add_folder(path, checked=upload)
                 return
             size = path.stat().st_size
         except OSError as exc:
             self.skip(display, "unreadable", tr("cannot be read ({detail})", detail=exc.strerror or str(exc)))
             return
-        if not self._allowed(path):
+        if not upload and not self._allowed(path):
             self.skip(display, "not_allowed", tr("this folder may not be read from"))
             return
         head = b""
@@ -334,7 +335,7 @@ class _Collector:
         real = path.resolve()
         return any(real == root or root in real.parents for root in self.allowed_roots)
 
-    def add_folder(self, folder: Path) -> None:
+    def add_folder(self, folder: Path, checked: bool = False) -> None:
         root = folder.resolve()
         source = self.source_dir.resolve()
         if root == source or source in root.parents or root in source.parents:
@@ -342,7 +343,7 @@ class _Collector:
                 tr("The folder {folder} contains (or is) the dataset's own source folder; it was not imported.", folder=str(folder))
             )
             return
-        if not self._allowed(folder):
+        if not checked and not self._allowed(folder):
             self.skip(str(folder), "not_allowed", tr("this folder may not be read from"))
             return
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
@@ -536,8 +537,9 @@ def import_pictures(
 
     ``inputs`` are paths, or ``(name, path)`` pairs when the file's real name differs from its temporary path
     (browser uploads). A folder is walked recursively; an archive is read member by member. ``allowed_roots``,
-    when given, limits which server folders and files may be read: pass it for paths a person typed (the folders
-    the admin allowed), not for the temporary files of browser uploads.
+    when given, limits which server folders and files the plain paths of ``inputs`` may lead to (paths a person
+    typed: only the folders the admin allowed); ``(name, path)`` pairs are uploads the server received itself and
+    are always read — never pass a typed path as a pair.
     ``progress(done, total, name)`` is called after each file; setting ``stop`` ends the import after the current
     file (what is imported stays, the report says ``stopped``).
     """
