@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -94,6 +95,7 @@ class Output:
         if self.json:
             return
         if self.tty:
+            text = text[:max(20, shutil.get_terminal_size().columns - 1)]  # a wrapped line cannot be rewritten
             self.stream.write("\r" + text + " " * max(0, self._line - len(text)))
             self.stream.flush()
             self._line = len(text)
@@ -545,6 +547,8 @@ def cmd_train(args: argparse.Namespace, out: Output) -> int:
         raise CliError(tr("\"{key}\" is already queued or training; see \"{prog} status {key}\".", key=version.key,
                           prog=PROG))
     runner = JobRunner(ws, host=None)
+    if args.preview is not None:
+        _update_settings(version, auto_preview=bool(args.preview))
     if args.resume:
         job = runner.resume(version.project.name, version.name)
         out.say(tr("Resuming \"{key}\" from {state}.", key=version.key, state=job.resume))
@@ -553,8 +557,12 @@ def cmd_train(args: argparse.Namespace, out: Output) -> int:
         est = config.estimate(cfg, arch, *config.last_speed(version.read_events()))
         out.say(config.describe_estimate(est))
         schema.save_config(cfg, version.config_path)
-        if args.preview is not None:
-            _update_settings(version, auto_preview=bool(args.preview))
+        earlier = version.checkpoints()
+        if earlier:
+            out.warn(tr("{count} checkpoint(s) of an earlier run stay in {folder} (files of the same name are "
+                        "replaced); to keep runs apart, train a new version: \"{prog} new {project}/NEW --from "
+                        "{version}\".", count=len(earlier), folder=str(version.checkpoints_dir), prog=PROG,
+                        project=version.project.name, version=version.name))
         job = runner.submit(version.project.name, version.name)
     submitted = time.time()
     worker = _spawn_worker(args, ws)
@@ -565,7 +573,11 @@ def cmd_train(args: argparse.Namespace, out: Output) -> int:
         out.emit({"ok": True, "command": "train", "detached": True, "version": version.key, "job": job.to_dict(),
                   "worker_pid": worker.pid})
         return EXIT_OK
-    return _follow(out, runner, version, job.id, since=submitted - 1.0, worker=worker, command="train")
+    code, document = _follow(out, runner, version, job.id, since=submitted - 1.0, worker=worker, command="train")
+    if code == EXIT_OK and _auto_preview(version):
+        _wait_for_preview(out, version, worker, document)
+    out.emit(document)
+    return code
 
 
 def _build_config(args: argparse.Namespace, out: Output, version):
@@ -725,7 +737,8 @@ class _Progress:
                   speed=f"{speed:.2f}" if isinstance(speed, (int, float)) else "?", eta=_duration(e.get("eta_s")))
 
 
-def _follow(out: Output, runner, version, job_id: str, since: float, worker=None, command: str = "train") -> int:
+def _follow(out: Output, runner, version, job_id: str, since: float, worker=None,
+            command: str = "train") -> Tuple[int, Dict[str, Any]]:
     """Show a job's progress until it ends; Ctrl-C asks the trainer to save and stop (twice: stop it at once)."""
     from lib_trainer.jobs import ACTIVE_STATUSES, EventTail
 
@@ -767,14 +780,38 @@ def _follow(out: Output, runner, version, job_id: str, since: float, worker=None
                     _kill_trainer(runner, job_id)
                 out.warn(tr("Stopping at once."))
             else:
-                return EXIT_STOPPED
+                return EXIT_STOPPED, {"ok": False, "command": command, "version": version.key, "status": "stopping"}
     out.end_progress()
-    if worker is not None:
+    if worker is not None and not _auto_preview(version):
         try:
             worker.wait(timeout=10)  # it exits once the queue is empty; never leave a zombie behind
         except Exception:
             pass
     return _conclude(out, runner, version, job_id, stopped_by_user=stops > 0, command=command)
+
+
+def _auto_preview(version) -> bool:
+    return bool(_settings(version).get("auto_preview"))
+
+
+def _wait_for_preview(out: Output, version, worker, document: Dict[str, Any]) -> None:
+    """After a foreground run with --preview: the worker draws the grid; wait for it and say where it is."""
+    from lib_trainer import preview
+
+    out.say(tr("Drawing the preview grid …"))
+    try:
+        worker.wait()
+    except KeyboardInterrupt:
+        out.warn(tr("The preview goes on in the background; \"{prog} preview {key}\" shows it when it is done.",
+                    prog=PROG, key=version.key))
+        return
+    error = (version.state().get("after_train_error") or {}).get("message")
+    grids = preview.grid_files(version)
+    if error:
+        out.warn(tr("The preview failed: {message}", message=error))
+    for grid in grids:
+        out.say(tr("Grid of prompt {n}: {path}", n=grid.prompt_index + 1, path=str(grid.path)))
+    document["preview"] = {"grids": [str(g.path) for g in grids], "error": error}
 
 
 class _no_interrupts:
@@ -806,7 +843,8 @@ def _kill_trainer(runner, job_id: str) -> None:
         pass
 
 
-def _conclude(out: Output, runner, version, job_id: str, stopped_by_user: bool, command: str) -> int:
+def _conclude(out: Output, runner, version, job_id: str, stopped_by_user: bool,
+              command: str) -> Tuple[int, Dict[str, Any]]:
     state = version.state()
     job = runner.store.get(job_id)
     status = state.get("status", "draft")
@@ -837,8 +875,7 @@ def _conclude(out: Output, runner, version, job_id: str, stopped_by_user: bool, 
         if version.checkpoints():
             _say_checkpoints(out, version)
         code = EXIT_STOPPED if stopped_by_user else EXIT_FAILED
-    out.emit(document)
-    return code
+    return code, document
 
 
 class _DeferredHost:
@@ -906,18 +943,49 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
             where = tr(" (position {position})", position=job.position) if job.status == "queued" else ""
             out.say(tr("{id}  {key}  {status}{where}  {message}", id=job.id, key=job.key, status=_status_label(job.status),
                        where=where, message=job.message or ""))
+        if any(_stuck(j.to_dict()) for j in jobs) and not _queue_is_run(ws):
+            out.warn(tr("No Train Tools process is running the queue; \"{prog} worker\" picks the jobs up.",
+                        prog=PROG))
         out.emit({"ok": True, "command": "status", "jobs": [j.to_dict() for j in jobs]})
         return EXIT_OK
     version = _version(ws, args.target)
     status = runner.status(version.project.name, version.name, events=args.events)
     job = status.get("job")
+    unattended = bool(job and _stuck(job) and not _queue_is_run(ws))
     if args.follow and job and job.get("status") in ACTIVE_STATUSES:
-        return _follow(out, runner, version, job["id"], since=_epoch(job.get("started") or job.get("created")),
-                       command="status")
+        if unattended:  # e.g. after a restart: somebody has to run (or settle) the job to follow it
+            _spawn_worker(args, ws)
+        code, document = _follow(out, runner, version, job["id"],
+                                 since=_epoch(job.get("started") or job.get("created")), command="status")
+        out.emit(document)
+        return code
+    if unattended:
+        out.warn(tr("No Train Tools process is running the queue; \"{prog} worker\" (or \"status {key} --follow\") "
+                    "picks the job up.", prog=PROG, key=version.key))
+    status["unattended"] = unattended
     status["checkpoints_on_disk"] = _checkpoint_dicts(version)
     _say_status(out, version, status)
     out.emit({"ok": True, "command": "status", **status})
     return EXIT_OK
+
+
+def _stuck(job: Dict[str, Any]) -> bool:
+    """A job that should be moving if a runner were there: running (runners hold the trainer lock throughout) or
+    queued for a while (a runner claims a queued job within a second)."""
+    if job.get("status") == "running":
+        return True
+    return job.get("status") == "queued" and time.time() - _epoch(job.get("created")) > QUEUE_NOTICE_S * 5
+
+
+def _queue_is_run(ws) -> bool:
+    """Whether some runner (a worker, the app or the WebUI) holds the workspace's trainer lock right now."""
+    from lib_trainer.jobs import FileLock
+
+    lock = FileLock(ws.root / ".trainer.lock")
+    if lock.acquire(blocking=False):
+        lock.release()
+        return False
+    return True
 
 
 def _say_status(out: Output, version, status: Dict[str, Any]) -> None:
@@ -950,7 +1018,7 @@ def cmd_preview(args: argparse.Namespace, out: Output) -> int:
 
     ws = _workspace(args)
     version = _version(ws, args.target)
-    if not version.checkpoints():
+    if not version.checkpoints() and not args.set_only:
         raise CliError(tr("Version \"{version}\" has no checkpoints yet: train it first.", version=version.key))
     host = _host(args, ws)
     cfg = preview.load_config(version, host)
@@ -962,9 +1030,15 @@ def cmd_preview(args: argparse.Namespace, out: Output) -> int:
         changes["width"], changes["height"] = args.size
     if args.no_reference:
         changes["reference"] = False
-    if changes:
+    if changes or args.set_only:
         cfg = preview.PreviewConfig.from_dict({**cfg.to_dict(), **changes})
         preview.save_config(version, cfg)
+    if args.set_only:
+        out.say(tr("Preview settings of \"{key}\" saved: {weights} weight(s) × {prompts} prompt(s), {width}×{height}, "
+                   "{steps} steps, seed {seed}.", key=version.key, weights=len(cfg.weights), prompts=len(cfg.prompts),
+                   width=cfg.width, height=cfg.height, steps=cfg.steps, seed=cfg.seed))
+        out.emit({"ok": True, "command": "preview", "version": version.key, "saved": True, "config": cfg.to_dict()})
+        return EXIT_OK
     stop = threading.Event()
 
     def progress(done: int, total: int, cell) -> None:
@@ -1205,8 +1279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=_size, metavar="WxH",
                    help=tr("training resolution, with bucket limits to match"))
     p.add_argument("--sample-prompt", metavar="PROMPT", help=tr("draw a sample image with this prompt each epoch"))
-    p.add_argument("--preview", action="store_true", default=None,
-                   help=tr("draw the preview grid when training has finished"))
+    p.add_argument("--preview", action=argparse.BooleanOptionalAction, default=None,
+                   help=tr("draw the preview grid when training has finished (remembered for the version)"))
     p.add_argument("--resume", action="store_true", help=tr("continue a stopped run from its saved state"))
     p.add_argument("--detach", action="store_true", help=tr("return at once; training goes on in the background"))
     p.add_argument("--python", metavar="PYTHON", help=tr("run the trainer with another Python (e.g. a kohya venv)"))
@@ -1232,6 +1306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help=tr("leave out the no-LoRA column"))
     p.add_argument("--checkpoint", action="append", metavar="NAME", help=tr("draw only this checkpoint (repeatable)"))
     p.add_argument("--restart", action="store_true", help=tr("draw everything again"))
+    p.add_argument("--set-only", action="store_true",
+                   help=tr("only remember these settings (e.g. for the preview after training); draw nothing"))
     _host_options(p, lora=True)
 
     p = add("pick", tr("copy the chosen checkpoint into a Lora folder"),

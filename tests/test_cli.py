@@ -92,11 +92,15 @@ def dataset_ws(tmp_path_factory):
     return ws
 
 
+PREVIEW = ["--size", "64", "--steps", "2", "--weights", "0.5,1", "--prompt", "a dog"]
+
+
 @pytest.fixture(scope="module")
 def trained(dataset_ws, tiny_model):
-    """v1 trained for two epochs through the real CLI (JSON progress)."""
+    """v1 trained for two epochs through the real CLI (JSON progress), with a small preview grid drawn after it."""
+    assert cli.main(["preview", f"{PROJECT}/v1", *PREVIEW, "--set-only", "--workspace", str(dataset_ws)]) == 0
     code, out, err = run_cli("train", PROJECT, "--workspace", str(dataset_ws), "--base", str(tiny_model),
-                             "--epochs", "2", *FAST, "--json")
+                             "--epochs", "2", *FAST, "--preview", "--json")
     return dataset_ws, code, out, err
 
 
@@ -269,6 +273,9 @@ def test_train_two_epochs_with_json_progress(trained):
     checkpoints = doc["checkpoints"]
     assert [c["epoch"] for c in checkpoints] == [1, 2] and checkpoints[-1]["final"]
     assert all(Path(c["path"]).is_file() for c in checkpoints)
+    # --preview: the grid was drawn after training (by the background worker) before the command returned.
+    assert doc["preview"]["error"] is None and len(doc["preview"]["grids"]) == 1
+    assert Path(doc["preview"]["grids"][0]).is_file()
 
     code, out, _ = run_cli("status", f"{PROJECT}/v1", "--workspace", str(ws))  # as text
     assert code == 0 and f"{PROJECT}/v1: finished" in out and "Checkpoints (2):" in out and "done:" in out
@@ -303,7 +310,7 @@ def _train_until_interrupted(ws, key, mode, interrupts):
     once training is under way, and again after more steps when ``interrupts`` is 2."""
     python = fake_python(Path(ws))
     proc = subprocess.Popen([sys.executable, "-m", "lib_trainer.cli", "train", key, "--workspace", str(ws),
-                             "--python", python, "--json"], cwd=ROOT, env=_env(FAKE_TRAINER_MODE=mode),
+                             "--python", python, "--no-preview", "--json"], cwd=ROOT, env=_env(FAKE_TRAINER_MODE=mode),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
     lines, sent = [], 0
     try:
@@ -334,14 +341,23 @@ def test_ctrl_c_stops_the_trainer_gracefully_then_resume_detached(trained):
 
     # --detach returns at once; status --follow shows the resumed run to its end (garbage lines and all).
     code, out, err = run_cli("train", key, "--resume", "--detach", "--workspace", str(ws), "--json",
-                             "--python", fake_python(Path(ws)))
+                             "--python", fake_python(Path(ws)))  # FAKE_TRAINER_MODE unset: "garbage"
     doc = json_lines(out)[-1]
     assert code == 0 and doc["detached"] and doc["job"]["resume"].endswith("-state"), err
     proc = subprocess.run([sys.executable, "-m", "lib_trainer.cli", "status", key, "--follow", "--workspace",
-                           str(ws), "--json"], cwd=ROOT, env=_env(FAKE_TRAINER_MODE="garbage"),
-                          capture_output=True, text=True, timeout=60)
+                           str(ws), "--json"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json_lines(proc.stdout)[-1]["status"] == "finished"
+    wait_gone(doc["worker_pid"])  # the background worker leaves once the queue is empty
+
+
+def wait_gone(pid, timeout=30.0):
+    import psutil
+
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
 
 
 def test_ctrl_c_twice_stops_a_stubborn_trainer_at_once(trained):
@@ -356,23 +372,27 @@ def test_ctrl_c_twice_stops_a_stubborn_trainer_at_once(trained):
 
 # ---------------------------------------------------------------------------------------------- preview, pick
 
+def trained_grid(trained):
+    return json_lines(trained[2])[-1]["preview"]["grids"][0]
+
+
 def test_preview_then_pick_never_overwrites(trained, torch_one_thread, tmp_path, capsys):
     ws = str(trained[0])
     assert trained[1] == 0
     v1 = f"{PROJECT}/v1"
-    code, doc, lines, _ = call(capsys, "preview", v1, "--size", "64", "--steps", "2", "--weights", "0.5,1",
-                               "--prompt", "a dog", "--workspace", ws)
+    # The grid after training holds the reference and 2 checkpoints × 2 weights; a third weight draws 2 cells more.
+    code, doc, lines, _ = call(capsys, "preview", v1, "--weights", "0.5,0.8,1", "--workspace", ws)
     assert code == 0 and doc["ok"] and doc["failed"] == []
-    assert doc["total"] == 1 + 2 * 2  # reference + 2 checkpoints × 2 weights
-    assert [line["done"] for line in lines if line.get("event") == "cell"] == [1, 2, 3, 4, 5]
+    assert doc["total"] == 1 + 2 * 3 and doc["reused"] == 5 and doc["drawn"] == 2
+    assert [line["done"] for line in lines if line.get("event") == "cell"] == [6, 7]
     grid = Path(doc["grids"][0]["path"])
-    assert grid.is_file() and grid.parent.name == "previews"
-    assert Image.open(grid).size[0] > 3 * 64
+    assert grid.is_file() and grid.parent.name == "previews" and str(grid) == trained_grid(trained)
+    assert Image.open(grid).size[0] > 4 * 64
 
     # A second run draws nothing new; the text output says where the grid is.
     assert cli.main(["preview", v1, "--workspace", ws]) == 0
     text = capsys.readouterr().out
-    assert "0 image(s) drawn, 5 reused" in text and str(grid) in text
+    assert "0 image(s) drawn, 7 reused" in text and str(grid) in text
 
     lora_dir = tmp_path / "Lora"
     code, doc, _, _ = call(capsys, "pick", v1, "1", "--lora-dir", str(lora_dir), "--name", "cute dog",
