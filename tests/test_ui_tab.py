@@ -11,6 +11,24 @@ def elem_ids(blocks):
     return [b.elem_id for b in blocks.blocks.values() if getattr(b, "elem_id", None)]
 
 
+def dependencies(blocks):
+    """The events as the page receives them (the same shape on gradio 3.41 and 4.x)."""
+    return blocks.get_config_file()["dependencies"]
+
+
+def targets(dep):
+    """(block id, event name) of each trigger; gradio 3.41 lists ids and one "trigger" name per event."""
+    found = []
+    for target in dep.get("targets", []):
+        if isinstance(target, (list, tuple)):
+            found.append((target[0], target[1]))
+        else:
+            found.append((target, dep.get("trigger")))
+    if not found and dep.get("trigger"):
+        found.append((None, dep["trigger"]))
+    return found
+
+
 def test_the_tab_builds_with_unique_prefixed_element_ids(tmp_path):
     ctx = make_context(tmp_path)
     blocks = build_tab(ctx)
@@ -29,8 +47,7 @@ def test_load_installs_the_poller_and_selects_a_version(tmp_path):
     ctx = make_context(tmp_path, poll_seconds=3)
     ctx.workspace.create_project("可爱的狗")
     blocks = build_tab(ctx)
-    loads = [d for d in blocks.dependencies if d.get("trigger") == "load" or
-             any(t[1] == "load" for t in d.get("targets", []) if isinstance(t, (list, tuple)))]
+    loads = [d for d in dependencies(blocks) if any(event == "load" for _, event in targets(d))]
     scripts = [d.get("js") for d in loads if d.get("js")]
     assert len(loads) == 2 and len(scripts) == 1
     assert "trainTools" in scripts[0] and "install(3000)" in scripts[0]
@@ -43,8 +60,7 @@ def test_the_poll_never_uses_the_queue(tmp_path):
     ctx = make_context(tmp_path)
     blocks = build_tab(ctx)
     ids = {b._id: b.elem_id for b in blocks.blocks.values()}
-    polls = [d for d in blocks.dependencies
-             if any(ids.get(t if isinstance(t, int) else t[0]) == "train_tools_poll" for t in d.get("targets", []))]
+    polls = [d for d in dependencies(blocks) if any(ids.get(block) == "train_tools_poll" for block, _ in targets(d))]
     assert len(polls) == 1 and polls[0]["queue"] is False and polls[0]["show_progress"] == compat.HIDDEN
 
 

@@ -7,6 +7,7 @@ The tab is written against the subset both versions share; what differs is route
   ``FileData``-like objects);
 * dropdown and radio choices: only plain strings in 3.41 (no ``(label, value)`` pairs), so labels are mapped
   back to values here;
+* which event reports a person's edit of a field (``blur`` where it exists, else ``input``);
 * turning the queue on (``concurrency_count`` in 3.x, ``default_concurrency_limit`` in 4.x);
 * keyword arguments a component does not know in the running version are dropped (with the component's
   defaults), never passed through to fail at start-up.
@@ -147,6 +148,17 @@ def selected_index(evt: Any) -> Optional[int]:
     return int(index) if isinstance(index, int) else None
 
 
+def edited(component: Any, typed: bool = False) -> Any:
+    """The event of a person's own edit of ``component`` (never fired when a callback sets its value).
+
+    Typed fields report when the person leaves them (``blur``) where the component has that event (3.41's
+    Number and Textbox); gradio 4's Number has no ``blur``, so there it is ``input`` (each keystroke).
+    """
+    if typed and hasattr(component, "blur"):
+        return component.blur
+    return component.input
+
+
 def enable_queue(blocks: Any, workers: int = 8) -> Any:
     """Turn on the queue (gr.Progress needs it) with ``workers`` events at a time (3.x: one pool for all
     events; 4.x: per event)."""
@@ -164,5 +176,5 @@ def as_list(value: Any) -> List[Any]:
 
 
 __all__ = ["GRADIO_VERSION", "GRADIO_MAJOR", "HIDDEN", "js", "update", "unchanged", "make", "gallery",
-           "image_output", "uploaded_files", "Choices", "selected_index", "enable_queue", "as_list"]
+           "image_output", "uploaded_files", "Choices", "selected_index", "edited", "enable_queue", "as_list"]
 

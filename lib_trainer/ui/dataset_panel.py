@@ -301,6 +301,9 @@ def build(ctx: UIContext, project: Any, version: Any, preset: Any = None) -> Dat
                         [preprocess_message])
     processed = preprocess_button.click(do_preprocess, [project, version, width, height, crop, flip, face_crops,
                                                         upscaler, concept, repeats], [preprocess_message])
+    for event in (uploaded, imported):  # the suggestion depends on how many pictures there are
+        event.then(lambda p, v: repeats_hint(ctx, ctx.version(p, v))[1] if ctx.version(p, v) else "",
+                   [project, version], [hint], queue=False)
     panel.import_done = [uploaded, imported, processed]
     return panel
 

@@ -425,13 +425,11 @@ def build(ctx: UIContext, project: Any, version: Any) -> TrainPanel:
     head = [project, version, base_model, preset, vram]
 
     refresh_models.click(lambda: compat.update(choices=checkpoint_titles(ctx, refresh=True)), None, [base_model])
-    # .input (and .blur for typed numbers) fire for the person's own edits only, never when a version's form is
-    # loaded into the fields, so loading does not write the form back.
+    # A person's own edits (never a version's form being loaded into the fields) save the form and re-estimate.
     for chooser in (preset, vram, base_model):
         chooser.input(lambda *args: on_preset(ctx, *args), head + fields, fields + [estimate])
     for key in train_fields.KEYS:
-        event = components[key].blur if train_fields.BY_KEY[key].kind in ("int", "float", "text") \
-            else components[key].input
+        event = compat.edited(components[key], typed=train_fields.BY_KEY[key].kind in ("int", "float", "text"))
         event(lambda *args: on_change(ctx, *args), head + fields, [estimate], queue=False,
               show_progress=compat.HIDDEN)
     started = train.click(lambda *args: on_train(ctx, *args), head + fields, [message] + panel.error_outputs())
