@@ -81,3 +81,24 @@ def test_the_standalone_app_renders_the_same_tab(tmp_path):
     ids = elem_ids(demo)
     assert "train_tools_root" in ids and "train_tools_train" in ids
     assert "train_tools_msg_error" in (demo.css or "")
+
+
+def test_poll_refreshes_checkpoints_only_when_they_or_the_preview_change(tmp_path):
+    from tests.ui_support import fake_checkpoint
+
+    ctx = make_context(tmp_path)
+    ctx.workspace.create_project("dog")
+    version = ctx.version("dog", "v1")
+    fake_checkpoint(version.checkpoints_dir / f"{version.output_name}-000001.safetensors", 1, 6)
+    first = tab.poll(ctx, "dog", "v1", {}, None, None)
+    table = first[8 + 1]
+    assert "-000001" in table
+    second = tab.poll(ctx, "dog", "v1", first[-1], None, None)
+    assert all(set(u) <= {"__type__"} for u in second[8:-1])
+    (version.previews_dir / "manifest.json").write_text("{}", encoding="utf-8")  # a preview drew a cell
+    third = tab.poll(ctx, "dog", "v1", second[-1], "x", None)
+    assert set(third[8 + 1]) <= {"__type__"}  # the table is left alone
+    assert third[8 + 6] == []  # the gallery of the picked checkpoint is sent again
+    fake_checkpoint(version.checkpoints_dir / f"{version.output_name}.safetensors", 2, 12)
+    fourth = tab.poll(ctx, "dog", "v1", third[-1], None, None)
+    assert "(final)" in fourth[8 + 1]

@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import gradio as gr
 
 from lib_trainer.i18n import tr
-from lib_trainer.ui import (captions_panel, checkpoints_panel, compat, dataset_panel, progress_panel, project_bar,
-                            train_panel)
+from lib_trainer.ui import (captions_panel, checkpoints_panel, compat, dataset_panel, messages, progress_panel,
+                            project_bar, train_panel)
 from lib_trainer.ui.context import UIContext
 
 JS_FILE = Path(__file__).resolve().parents[2] / "javascript" / "train_tools.js"
@@ -44,34 +44,42 @@ def css() -> str:
         return ""
 
 
-def checkpoints_stamp(ctx: UIContext, project: Optional[str], version_name: Optional[str]) -> Tuple:
-    """What the checkpoints panel depends on: the checkpoint files, their score events, the preview."""
+def checkpoints_stamps(ctx: UIContext, project: Optional[str], version_name: Optional[str]) -> Tuple[Tuple, Tuple]:
+    """(what the whole checkpoints panel depends on: the checkpoint files, their score events, the grid files;
+    what only the preview's progress and the per-checkpoint gallery depend on: the manifest, the preview task)."""
     version = ctx.version(project, version_name)
     if version is None:
-        return ()
-    try:
-        files = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in version.checkpoints_dir.glob("*.safetensors")))
-    except OSError:
-        files = ()
-    manifest = version.previews_dir / "manifest.json"
-    try:
-        manifest_stamp = manifest.stat().st_mtime_ns
-    except OSError:
-        manifest_stamp = 0
+        return (), ()
+
+    def stamp(path: Path) -> int:
+        try:
+            return path.stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    files = tuple(sorted((p.name, stamp(p)) for p in version.checkpoints_dir.glob("*.safetensors")))
+    grids = tuple(sorted((p.name, stamp(p)) for p in version.previews_dir.glob("grid-*.png")))
     series = progress_panel.loss_series(version)
-    return files, manifest_stamp, series.checkpoints, ctx.previews.describe(version)
+    return ((files, grids, series.checkpoints),
+            (stamp(version.previews_dir / "manifest.json"), ctx.previews.describe(version)))
 
 
 def poll(ctx: UIContext, project: Optional[str], version_name: Optional[str], seen: Optional[Dict[str, Any]],
          checkpoint: Optional[str], grid: Optional[str]) -> List[Any]:
     """Progress outputs, then the checkpoints panel's live outputs, then the new ``seen`` state."""
     progress, seen = progress_panel.poll(ctx, project, version_name, seen)
-    stamp = checkpoints_stamp(ctx, project, version_name)
-    if seen.get("checkpoints") != stamp:
-        seen["checkpoints"] = stamp
+    heavy, light = checkpoints_stamps(ctx, project, version_name)
+    live = [compat.unchanged()] * 9
+    if seen.get("checkpoints") != heavy:
+        seen["checkpoints"], seen["previews"] = heavy, light
         live = checkpoints_panel.live(ctx, project, version_name, checkpoint, grid)
-    else:
-        live = [compat.unchanged()] * 9
+    elif seen.get("previews") != light:  # a preview is drawing: its status and this checkpoint's pictures
+        seen["previews"] = light
+        version = ctx.version(project, version_name)
+        if version is not None:
+            live[6] = checkpoints_panel.checkpoint_gallery(version, checkpoint) if checkpoint else live[6]
+            status = ctx.previews.describe(version)
+            live[7] = messages.info(status) if status else ""
     return progress + live + [seen]
 
 
@@ -133,4 +141,4 @@ def build_tab(ctx: UIContext) -> gr.Blocks:
     return tab
 
 
-__all__ = ["build_tab", "poll", "on_load", "install_js", "css", "checkpoints_stamp"]
+__all__ = ["build_tab", "poll", "on_load", "install_js", "css", "checkpoints_stamps"]
