@@ -291,9 +291,8 @@ def _say_checkpoints(out: Output, version) -> None:
 # ---------------------------------------------------------------------------------------------- new, list
 
 def cmd_new(args: argparse.Namespace, out: Output) -> int:
-    from lib_trainer.projects import DEFAULT_VERSION, AlreadyExists, NotFound
-
     from lib_trainer.names import validate_name
+    from lib_trainer.projects import DEFAULT_VERSION, AlreadyExists, NotFound
 
     ws = _workspace(args)
     project_name, version_name = _split_target(args.target)
@@ -315,7 +314,9 @@ def cmd_new(args: argparse.Namespace, out: Output) -> int:
         if not version_name:
             raise AlreadyExists(tr("A project named \"{project}\" already exists; name a new version: "
                                    "\"{project}/v2\".", project=project.name))
-        source = _split_target(args.from_version)[1] or args.from_version if args.from_version else None
+        source = None
+        if args.from_version:  # "v1" or "PROJECT/v1" (a version of this project)
+            source = _split_target(args.from_version)[1] or args.from_version
         version = project.create_version(version_name, from_version=source)
         if source:
             out.say(tr("Created version \"{version}\" of \"{project}\" from \"{source}\" (dataset, captions and "
@@ -426,7 +427,12 @@ def _preprocess(args: argparse.Namespace, out: Output, version) -> Dict[str, Any
         out.say("  " + tr("{name}: {reason}", name=skipped["name"], reason=skipped["reason"]))
     if why:
         out.say(why)
-    return {"preprocess": result.to_dict(), "concept": {"name": concept, "repeats": repeats, "folder": result.folder}}
+    others = [c.folder_name for c in concepts.list_concepts(version.dataset_dir) if c.name != concept]
+    if others:  # made from the same source pictures, so those would be trained twice
+        out.warn(tr("Other concept folders are trained too: {folders}. Delete them from {path} if they hold the "
+                    "same pictures.", folders=", ".join(others), path=str(version.train_dir)))
+    return {"preprocess": result.to_dict(), "concept": {"name": concept, "repeats": repeats, "folder": result.folder},
+            "other_concepts": others}
 
 
 # ---------------------------------------------------------------------------------------------- caption
@@ -547,9 +553,8 @@ def cmd_train(args: argparse.Namespace, out: Output) -> int:
         raise CliError(tr("\"{key}\" is already queued or training; see \"{prog} status {key}\".", key=version.key,
                           prog=PROG))
     runner = JobRunner(ws, host=None)
-    if args.preview is not None:
-        _update_settings(version, auto_preview=bool(args.preview))
     if args.resume:
+        _remember_preview_choice(args, version)
         job = runner.resume(version.project.name, version.name)
         out.say(tr("Resuming \"{key}\" from {state}.", key=version.key, state=job.resume))
     else:
@@ -563,6 +568,7 @@ def cmd_train(args: argparse.Namespace, out: Output) -> int:
                         "replaced); to keep runs apart, train a new version: \"{prog} new {project}/NEW --from "
                         "{version}\".", count=len(earlier), folder=str(version.checkpoints_dir), prog=PROG,
                         project=version.project.name, version=version.name))
+        _remember_preview_choice(args, version)
         job = runner.submit(version.project.name, version.name)
     submitted = time.time()
     worker = _spawn_worker(args, ws)
@@ -578,6 +584,11 @@ def cmd_train(args: argparse.Namespace, out: Output) -> int:
         _wait_for_preview(out, version, worker, document)
     out.emit(document)
     return code
+
+
+def _remember_preview_choice(args: argparse.Namespace, version) -> None:
+    if args.preview is not None:  # read by the job runner's after-train hook (settings "auto_preview")
+        _update_settings(version, auto_preview=bool(args.preview))
 
 
 def _build_config(args: argparse.Namespace, out: Output, version):
@@ -598,16 +609,18 @@ def _build_config(args: argparse.Namespace, out: Output, version):
         res = args.resolution
         overrides.update(resolution=f"{res[0]},{res[1]}", min_bucket_reso=max(64, min(res) // 2 // 64 * 64),
                          max_bucket_reso=max(res) * 2)
-    settings = _settings(version)
-    if "keep_tokens" not in overrides and settings.get("keep_tokens"):
-        overrides["keep_tokens"] = int(settings["keep_tokens"])
+    effective = dict(overrides)
+    keep_tokens = _settings(version).get("keep_tokens")  # protects the trigger word set with "caption --trigger"
+    if "keep_tokens" not in effective and keep_tokens:
+        effective["keep_tokens"] = int(keep_tokens)
     preset = args.preset or saved.get("preset") or config.PRESETS[0]
     vram = args.vram or saved.get("vram_gb") or DEFAULT_VRAM_GB
     wanted = args.base or saved.get("base_model") or ""
+    sample_prompt = args.sample_prompt if args.sample_prompt is not None else saved.get("sample_prompt", "")
     base, arch, problems = _resolve_base(args, version, wanted)
     try:
-        cfg = config.build_config(config.VersionPaths.of(version), base, arch, preset, vram, overrides,
-                                  sample_prompt=args.sample_prompt)
+        cfg = config.build_config(config.VersionPaths.of(version), base, arch, preset, vram, effective,
+                                  sample_prompt=sample_prompt or None)
     except schema.ConfigError as exc:
         raise CliError(str(exc), problems=[{"field": "config", "message": str(exc)}]) from None
     problems += [{"field": p.field, "message": p.message} for p in config.check(cfg)]
@@ -618,7 +631,8 @@ def _build_config(args: argparse.Namespace, out: Output, version):
                        problems=problems)
     # Remembered only once they make a valid config: the next "train" without options runs the same again.
     _update_settings(version, train={"base_model": wanted, "arch": arch, "base_stamp": _base_stamp(base),
-                                     "preset": preset, "vram_gb": vram, "overrides": overrides})
+                                     "preset": preset, "vram_gb": vram, "overrides": overrides,
+                                     "sample_prompt": sample_prompt})
     out.say(tr("Base model {model} ({arch}), preset {preset}, {vram} GB VRAM tier.", model=base, arch=arch,
                preset=config.preset_label(preset), vram=vram))
     return cfg, arch
@@ -680,7 +694,8 @@ def _spawn_worker(args: argparse.Namespace, ws):
     if getattr(args, "gpu", None):
         command += ["--gpu", args.gpu]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(EXTENSION_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(EXTENSION_ROOT)] + paths)
     env["PYTHONUNBUFFERED"] = "1"
     log_dir = ws.root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -717,7 +732,8 @@ class _Progress:
             line = self.line(event)
             now = time.monotonic()
             new_epoch = event.get("epoch") != self.last_epoch
-            if out.tty or new_epoch or now - self.last_plain >= PLAIN_PROGRESS_EVERY_S or event.get("step") == self.total:
+            last = event.get("step") == self.total
+            if out.tty or new_epoch or last or now - self.last_plain >= PLAIN_PROGRESS_EVERY_S:
                 out.progress(line)
                 self.last_plain, self.last_epoch = now, event.get("epoch")
         elif kind == "checkpoint":
@@ -732,7 +748,8 @@ class _Progress:
         loss = e.get("loss")
         speed = e.get("it_per_s")
         return tr("step {step}/{total} · epoch {epoch}/{epochs} · loss {loss} · {speed} it/s · ETA {eta}",
-                  step=e.get("step", "?"), total=self.total or "?", epoch=e.get("epoch", "?"), epochs=self.epochs or "?",
+                  step=e.get("step", "?"), total=self.total or "?", epoch=e.get("epoch", "?"),
+                  epochs=self.epochs or "?",
                   loss=f"{loss:.4f}" if isinstance(loss, (int, float)) else "?",
                   speed=f"{speed:.2f}" if isinstance(speed, (int, float)) else "?", eta=_duration(e.get("eta_s")))
 
@@ -941,8 +958,8 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
             out.say(tr("No training jobs in {workspace}.", workspace=str(ws.root)))
         for job in jobs:
             where = tr(" (position {position})", position=job.position) if job.status == "queued" else ""
-            out.say(tr("{id}  {key}  {status}{where}  {message}", id=job.id, key=job.key, status=_status_label(job.status),
-                       where=where, message=job.message or ""))
+            out.say(tr("{id}  {key}  {status}{where}  {message}", id=job.id, key=job.key,
+                       status=_status_label(job.status), where=where, message=job.message or ""))
         if any(_stuck(j.to_dict()) for j in jobs) and not _queue_is_run(ws):
             out.warn(tr("No Train Tools process is running the queue; \"{prog} worker\" picks the jobs up.",
                         prog=PROG))
@@ -1034,9 +1051,9 @@ def cmd_preview(args: argparse.Namespace, out: Output) -> int:
         cfg = preview.PreviewConfig.from_dict({**cfg.to_dict(), **changes})
         preview.save_config(version, cfg)
     if args.set_only:
-        out.say(tr("Preview settings of \"{key}\" saved: {weights} weight(s) × {prompts} prompt(s), {width}×{height}, "
-                   "{steps} steps, seed {seed}.", key=version.key, weights=len(cfg.weights), prompts=len(cfg.prompts),
-                   width=cfg.width, height=cfg.height, steps=cfg.steps, seed=cfg.seed))
+        out.say(tr("Preview settings of \"{key}\" saved: {weights} weight(s) × {prompts} prompt(s), "
+                   "{width}×{height}, {steps} steps, seed {seed}.", key=version.key, weights=len(cfg.weights),
+                   prompts=len(cfg.prompts), width=cfg.width, height=cfg.height, steps=cfg.steps, seed=cfg.seed))
         out.emit({"ok": True, "command": "preview", "version": version.key, "saved": True, "config": cfg.to_dict()})
         return EXIT_OK
     stop = threading.Event()
@@ -1278,7 +1295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=tr("number of epochs (max_train_epochs)"))
     p.add_argument("--resolution", type=_size, metavar="WxH",
                    help=tr("training resolution, with bucket limits to match"))
-    p.add_argument("--sample-prompt", metavar="PROMPT", help=tr("draw a sample image with this prompt each epoch"))
+    p.add_argument("--sample-prompt", metavar="PROMPT",
+                   help=tr("draw a sample image with this prompt each epoch (\"\" for none)"))
     p.add_argument("--preview", action=argparse.BooleanOptionalAction, default=None,
                    help=tr("draw the preview grid when training has finished (remembered for the version)"))
     p.add_argument("--resume", action="store_true", help=tr("continue a stopped run from its saved state"))
