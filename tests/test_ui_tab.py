@@ -102,3 +102,22 @@ def test_poll_refreshes_checkpoints_only_when_they_or_the_preview_change(tmp_pat
     fake_checkpoint(version.checkpoints_dir / f"{version.output_name}.safetensors", 2, 12)
     fourth = tab.poll(ctx, "dog", "v1", third[-1], None, None)
     assert "(final)" in fourth[8 + 1]
+
+
+def test_the_tab_in_chinese(tmp_path):
+    from lib_trainer.i18n import set_language
+    from lib_trainer.ui import dataset_panel, project_bar, train_panel
+
+    set_language("zh_CN")
+    try:
+        ctx = make_context(tmp_path)
+        blocks = build_tab(ctx)
+        labels = [getattr(b, "label", None) for b in blocks.blocks.values()]
+        assert "项目" in labels and "底模" in labels
+        _, _, message, _ = project_bar.on_create_project(ctx, "可爱的狗")
+        assert "已创建项目" in message
+        label = train_panel.PRESET_CHOICES.label("person")
+        assert label != "Person" and train_panel.PRESET_CHOICES.value(label) == "person"
+        assert dataset_panel.CROP_CHOICES.value(dataset_panel.CROP_CHOICES.label("none")) == "none"
+    finally:
+        set_language(None)

@@ -6,13 +6,15 @@ collects the options, calls it and shows what it says.
 """
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import gradio as gr
 
-from lib_trainer.i18n import tr
+from lib_trainer.i18n import current_language, tr
 from lib_trainer.projects import Version
 from lib_trainer.ui import compat, messages, version_settings
 from lib_trainer.ui.context import UIContext
@@ -21,6 +23,9 @@ CROP_CHOICES = compat.Choices(("center", "focal", "none"), lambda v: {
     "center": tr("Center crop"), "focal": tr("Focal crop (faces, then the busiest part)"),
     "none": tr("No crop (keep the shape, train with buckets)")}[v])
 BUILT_IN_UPSCALER = "Lanczos"
+
+_reports: Dict[tuple, str] = {}
+_reports_lock = threading.Lock()
 
 PREPROCESS_DEFAULTS: Dict[str, Any] = {"width": 512, "height": 512, "crop": "center", "flip": False,
                                        "face_crops": False, "upscaler": "", "concept": "", "repeats": 10}
@@ -80,8 +85,22 @@ def report_markdown(version: Optional[Version], width: int = 512, height: int = 
         w, h = int(width or 512), int(height or 512)
     except (TypeError, ValueError):
         w = h = 512
-    report = build_report(version.source_dir, (w, h))
-    return report.to_markdown()
+    # Reading every picture (sizes, perceptual hashes) takes seconds for a large dataset; the report is only
+    # made again when the pictures or the size change.
+    try:
+        listing = tuple(sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(version.source_dir)))
+    except OSError:
+        listing = ()
+    key = (str(version.source_dir), w, h, listing, current_language())
+    with _reports_lock:
+        cached = _reports.get(key)
+    if cached is None:
+        cached = build_report(version.source_dir, (w, h)).to_markdown()
+        with _reports_lock:
+            if len(_reports) > 32:
+                _reports.clear()
+            _reports[key] = cached
+    return cached
 
 
 def upscaler_choices(ctx: UIContext) -> List[str]:
