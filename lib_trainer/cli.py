@@ -1195,6 +1195,7 @@ def _common(json_help: bool = True) -> argparse.ArgumentParser:
                         default=os.environ.get(WORKSPACE_ENV) or str(DEFAULT_WORKSPACE),
                         help=tr("the Train Tools workspace (default: ${env} or ./outputs/train_tools)",
                                 env=WORKSPACE_ENV))
+    common.add_argument("--lang", metavar="LANG", help=argparse.SUPPRESS)  # read before parsing (see main)
     common.add_argument("--json", action="store_true",
                         help=tr("machine-readable output: one JSON document on stdout (progress as JSON lines "
                                 "before it)"))

@@ -171,6 +171,10 @@ def test_new_list_status(tmp_path, capsys):
 
     assert cli.main(["list", "--workspace", ws]) == 0
     assert "v2  draft  0 checkpoint(s)" in capsys.readouterr().out
+    assert cli.main(["list", "--workspace", ws, "--lang", "zh_CN"]) == 0  # --lang anywhere, or $TRAIN_TOOLS_LANG
+    assert "v2  草稿  0 个检查点" in capsys.readouterr().out
+    assert cli.main(["--lang", "zh_CN", "list", "--workspace", str(tmp_path / "empty")]) == 0
+    assert "还没有项目" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------- import
