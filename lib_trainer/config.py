@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -119,10 +122,28 @@ class VersionPaths:
                    output_name=version.output_name)
 
 
+def cuda_available() -> bool:
+    """Whether the trainer will find an NVIDIA GPU, without importing torch into a process that has not (the
+    WebUI has, so its answer is exact; elsewhere the NVIDIA driver's presence decides)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            return bool(torch.cuda.is_available())
+        except Exception:
+            return False
+    return os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
+
+
 def build_config(paths: VersionPaths, base_model: str, arch: str, preset: str, vram_gb: int,
-                 overrides: Optional[Dict[str, Any]] = None, sample_prompt: Optional[str] = None) -> TrainConfig:
-    """The full config of a run: preset and tier values, the person's ``overrides``, then the version's paths."""
+                 overrides: Optional[Dict[str, Any]] = None, sample_prompt: Optional[str] = None,
+                 cuda: Optional[bool] = None) -> TrainConfig:
+    """The full config of a run: preset and tier values, the person's ``overrides``, then the version's paths.
+
+    Without an NVIDIA GPU (``cuda`` False, or None and none found) the tiers' 8-bit optimizer, which needs one,
+    becomes plain AdamW — unless the person chose it explicitly, so the trainer says why it cannot."""
     values = preset_values(preset, vram_gb, arch)
+    if not (cuda_available() if cuda is None else cuda) and values.get("optimizer_type") == "AdamW8bit":
+        values["optimizer_type"] = "AdamW"
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     has_reg = paths.reg_dir.is_dir() and any(p.is_dir() and parse_folder_name(p.name) for p in paths.reg_dir.iterdir())
     values.update(

@@ -698,8 +698,13 @@ class JobRunner:
         run = _Run(job, v)
         try:
             config = self._prepare_config(v, job)
-            if not job.resume and v.events_path.exists():
-                os.replace(v.events_path, v.events_path.with_name("events.prev.jsonl"))
+            if not job.resume:
+                if v.events_path.exists():
+                    os.replace(v.events_path, v.events_path.with_name("events.prev.jsonl"))
+                # A fresh run starts clean: the last run's checkpoints, samples and previews go to the trash
+                # (restorable) instead of mixing with the new ones in the list and the preview grid.
+                if v.archive_outputs() is not None:
+                    self._forget_preview_loras(v)
             v.logs_dir.mkdir(parents=True, exist_ok=True)
             job.config = str(config)
             job.log_offset = v.log_path.stat().st_size if v.log_path.exists() else 0
@@ -983,6 +988,14 @@ class JobRunner:
         self.store.update(job.id, status=status, finished=job.finished, message=message, exit_code=exit_code)
         self._notify(job, {"event": "job", "status": status, "message": message})
         self._notify_changed()
+
+    def _forget_preview_loras(self, v: Version) -> None:
+        """Drop the copies of the last run's checkpoints the host staged for previews (their names are content
+        hashes, so they would only clutter its Lora folder)."""
+        try:
+            self.host.forget_preview_loras(v.path)
+        except Exception as exc:  # a host that cannot (or a recording host in tests) must not stop the run
+            log.info("train_tools: forget_preview_loras: %s", exc)
 
     def _restore_gpu(self, run: _Run) -> None:
         try:

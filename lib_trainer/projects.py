@@ -228,6 +228,25 @@ class Version:
                                   c.epoch if c.epoch is not None else -1, c.mtime))
         return found
 
+    def previous_outputs(self) -> List[Path]:
+        """What a finished or stopped run left: checkpoints (and their state folders), sample pictures, and
+        drawn previews — not the preview settings or the sample prompts, which belong to the version."""
+        keep = {"preview.json", "prompts.txt"}
+        found: List[Path] = []
+        for folder in (self.checkpoints_dir, self.samples_dir, self.previews_dir):
+            if folder.is_dir():
+                found += sorted(p for p in folder.iterdir() if p.name not in keep)
+        return found
+
+    def archive_outputs(self) -> Optional["TrashEntry"]:
+        """Move :meth:`previous_outputs` to the workspace trash (restorable), so that a fresh run of this version
+        neither mixes its checkpoints with the last run's nor destroys them. None when there was nothing."""
+        outputs = self.previous_outputs()
+        if not outputs:
+            return None
+        return self.project.workspace.move_to_trash(outputs, kind="files",
+                                                    label=tr("previous run of {version}", version=self.key))
+
     def read_events(self, last: Optional[int] = None) -> List[Dict[str, Any]]:
         """The events of the last run (garbage lines skipped); only the last ``last`` when given."""
         events = []

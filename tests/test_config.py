@@ -42,7 +42,7 @@ def test_every_preset_and_tier_gives_a_valid_config(version, tmp_path, preset, t
 
 def test_tiers_trade_memory_for_speed(version, tmp_path):
     def cfg(tier):
-        return config.build_config(config.VersionPaths.of(version), "m", "sd1", "person", tier)
+        return config.build_config(config.VersionPaths.of(version), "m", "sd1", "person", tier, cuda=True)
     assert cfg(6).gradient_checkpointing and cfg(6).train_batch_size == 1 and cfg(6).optimizer_type == "AdamW8bit"
     assert not cfg(24).gradient_checkpointing and cfg(24).train_batch_size > cfg(8).train_batch_size
     est = [config.estimate(cfg(t), "sd1").vram_gb for t in (6, 12, 24)]
@@ -88,3 +88,12 @@ def test_estimate_counts_steps_and_uses_a_measured_speed(version):
     assert "100 steps" in config.describe_estimate(measured) and "50s" in config.describe_estimate(measured)
     assert config.last_speed([{"event": "start", "batch_size": 2}, {"event": "step", "it_per_s": 1.5}]) == (1.5, 2)
     assert config.format_duration(3725) == "1h 02m"
+
+
+def test_without_a_gpu_the_8bit_optimizer_becomes_adamw_unless_chosen(version):
+    paths = config.VersionPaths.of(version)
+    assert config.build_config(paths, "m", "sd1", "person", 8, cuda=False).optimizer_type == "AdamW"
+    chosen = config.build_config(paths, "m", "sd1", "person", 8, cuda=False, overrides={"optimizer_type": "AdamW8bit"})
+    assert chosen.optimizer_type == "AdamW8bit"
+    assert config.build_config(paths, "m", "sd1", "person", 8, cuda=True).optimizer_type == "AdamW8bit"
+    assert isinstance(config.cuda_available(), bool)

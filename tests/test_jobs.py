@@ -217,6 +217,8 @@ def test_garbage_output_and_a_failing_after_train_hook_confuse_nothing(tiny_sd1,
     first = make_version(ws, tiny_sd1, version="junk1", settings={"auto_preview": True})
     make_version(ws, tiny_sd1, version="junk2", settings={"auto_preview": True})
     first.events_path.write_text('{"event": "step", "step": 99}\n', encoding="utf-8")  # an older run's events
+    old_checkpoint = first.checkpoints_dir / f"{first.output_name}-000007.safetensors"  # and its checkpoint
+    old_checkpoint.write_bytes(b"old")
     calls = []
 
     def after_train(version):
@@ -236,6 +238,9 @@ def test_garbage_output_and_a_failing_after_train_hook_confuse_nothing(tiny_sd1,
     kinds = [e["event"] for e in final["events"]]
     assert kinds[0] == "start" and kinds[-3:] == ["step", "checkpoint", "done"] and 5 not in kinds
     assert first.events_path.with_name("events.prev.jsonl").read_text(encoding="utf-8").count("99") == 1
+    # A fresh run moved the older run's checkpoint to the trash: only its own are listed, the old one restorable.
+    assert not old_checkpoint.exists() and [c.name for c in first.checkpoints()] == [final["output_name"]]
+    assert [e.label for e in ws.trash()] == ["previous run of dog/junk1"]
     log = first.log_path.read_text(encoding="utf-8", errors="replace")  # stdout and stderr both land there
     assert f"cwd={ROOT} CUDA_VISIBLE_DEVICES=1" in log and f"PYTHONPATH={deps_dir}{os.pathsep}{ROOT}" in log
     assert "Traceback (most recent call last): not really" in log

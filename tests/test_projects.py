@@ -181,3 +181,20 @@ def test_read_events_skips_garbage(ws):
                                    '{"event": "step", "step": 1}\n', encoding="utf-8")
     assert [e["event"] for e in version.read_events()] == ["start", "step"]
     assert version.read_events(last=1)[0]["step"] == 1
+
+
+def test_archive_outputs_moves_the_last_run_to_the_trash_and_keeps_settings(ws):
+    version = ws.create_project("dog").version("v1")
+    (version.checkpoints_dir / "a-000001.safetensors").write_bytes(b"x")
+    (version.checkpoints_dir / "a-000001-state").mkdir()
+    (version.samples_dir / "prompts.txt").write_text("sks dog", encoding="utf-8")
+    (version.samples_dir / "s1.png").write_bytes(b"p")
+    (version.previews_dir / "preview.json").write_text("{}", encoding="utf-8")
+    (version.previews_dir / "grid-01.png").write_bytes(b"g")
+    entry = version.archive_outputs()
+    assert list(version.checkpoints_dir.iterdir()) == []
+    assert [p.name for p in version.samples_dir.iterdir()] == ["prompts.txt"]
+    assert [p.name for p in version.previews_dir.iterdir()] == ["preview.json"]
+    assert version.archive_outputs() is None
+    ws.restore(entry.id)
+    assert (version.checkpoints_dir / "a-000001.safetensors").is_file() and (version.previews_dir / "grid-01.png").is_file()

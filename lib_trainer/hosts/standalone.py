@@ -311,7 +311,8 @@ class StandaloneHost(Host):
             if self._released:
                 return
             self._released = True
-            if self._device().type != "cuda":
+            # Nothing loaded, nothing to free: and no torch import (seconds) before every trainer start.
+            if not self._pipelines or self._device().type != "cuda":
                 return
             for entry in self._pipelines.values():
                 entry.pipe.to("cpu")
@@ -329,6 +330,8 @@ class StandaloneHost(Host):
         if not self._released:
             return
         self._released = False
+        if not self._pipelines:
+            return
         device = self._device()
         if device.type == "cuda":
             for entry in self._pipelines.values():
