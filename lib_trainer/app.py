@@ -119,13 +119,15 @@ def make_context(args: argparse.Namespace) -> Tuple[Any, List[str]]:
 
 
 def build_app(ctx: Any) -> Any:
-    """The page: the tab rendered inside an outer Blocks, the way the WebUI renders extension tabs."""
+    """The page, nested the way the WebUI nests it: the tab's Blocks is built inside the Blocks that the
+    extension's ``on_ui_tabs`` returns, and that one is rendered into the page's Blocks."""
     import gradio as gr
 
     from lib_trainer.ui import compat
     from lib_trainer.ui.tab import build_tab, css
 
-    tab = build_tab(ctx)
+    with gr.Blocks(analytics_enabled=False) as tab:
+        build_tab(ctx)
     with gr.Blocks(title=tr("Train Tools"), css=css(), analytics_enabled=False) as demo:
         gr.Markdown(tr("## Train Tools"))
         tab.render()
