@@ -103,3 +103,19 @@ def test_keep_only_this_one_asks_first_and_moves_the_others_to_the_trash(tmp_pat
     assert len(ctx.workspace.trash()) == 1
     row, message = checkpoints_panel.on_keep_request(ctx, "dog", "v1", keep)
     assert row["visible"] is False and "no other checkpoint" in message
+
+
+def test_a_tall_grid_is_shown_page_by_page(tmp_path):
+    ctx = make_context(tmp_path)
+    ctx.workspace.create_project("dog")
+    version = ctx.version("dog", "v1")
+    for epoch in range(1, 13):
+        fake_checkpoint(version.checkpoints_dir / f"{version.output_name}-{epoch:06d}.safetensors", epoch, epoch * 2)
+    settings = checkpoints_panel.preview_settings(ctx, version)
+    settings[0], settings[2], settings[4], settings[6], settings[7] = "dog", "1", 1, 16, 16
+    settings[9] = False  # no column without LoRA
+    assert "background" in checkpoints_panel.on_preview(ctx, "dog", "v1", None, False, *settings)
+    wait_for(lambda: not ctx.previews.get(version).running, 60, "the preview")
+    assert "Preview done" in ctx.previews.describe(version), ctx.previews.describe(version)
+    items = checkpoints_panel.grid_items(version, None)
+    assert [caption for _, caption in items] == ["page 1 of 2", "page 2 of 2"]
