@@ -3,7 +3,8 @@
 How the WebUI host is tested against a real WebUI (``TRAIN_TOOLS_WEBUI_DIR=/path/to/stable-diffusion-webui``):
 
 - The WebUI is started from its own folder with its own Python (``<dir>/venv/bin/python``, or
-  ``TRAIN_TOOLS_WEBUI_PYTHON``) and ``--data-dir`` pointing at a temporary folder, so nothing in the WebUI install is
+  ``TRAIN_TOOLS_WEBUI_PYTHON``; more launch options in ``TRAIN_TOOLS_WEBUI_ARGS``, e.g. ``--always-cpu`` for
+  Forge) and ``--data-dir`` pointing at a temporary folder, so nothing in the WebUI install is
   changed: the temporary folder holds the WebUI's config, its models folder (the tiny SD1 checkpoint with a yaml
   and a local CLIP text-encoder config beside it, since the machine is offline), its Lora folder, and an
   ``extensions/`` folder with two symlinks made for the run: this repository (the real extension) and
@@ -56,6 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = REPO / "tests" / "webui_probe"
 WEBUI_ENV = "TRAIN_TOOLS_WEBUI_DIR"
 PYTHON_ENV = "TRAIN_TOOLS_WEBUI_PYTHON"
+ARGS_ENV = "TRAIN_TOOLS_WEBUI_ARGS"  # more launch options, e.g. "--always-cpu" for Forge
 START_TIMEOUT = 420.0
 CHECKPOINT_NAME = "tiny-sd1"
 DEEPBOORU_TAGS = ["1girl", "solo", "dog", "outdoors", "red_ball", "^_^", "rating:safe"]
@@ -109,9 +111,14 @@ def write_deepbooru_standin(python: str, webui_dir: Path, target: Path) -> None:
     """Random weights in the architecture of the WebUI's DeepDanbooru model (built by the WebUI's own
     ``modules/deepbooru_model.py``), with a short tag list: the real tagging code runs; the tags mean nothing."""
     script = (
-        "import sys, torch\n"
-        "sys.path.insert(0, '.')\n"
-        "from modules import deepbooru_model\n"
+        "import importlib.util, sys, types, torch\n"
+        # the model file alone, without starting the WebUI's device set-up (Forge's would look for CUDA)
+        "package = sys.modules['modules'] = types.ModuleType('modules')\n"
+        "package.__path__ = []\n"
+        "package.devices = sys.modules['modules.devices'] = types.ModuleType('modules.devices')\n"
+        "spec = importlib.util.spec_from_file_location('deepbooru_model', 'modules/deepbooru_model.py')\n"
+        "deepbooru_model = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(deepbooru_model)\n"
         "torch.manual_seed(0)\n"
         "model = deepbooru_model.DeepDanbooruModel()\n"
         f"tags = {DEEPBOORU_TAGS!r}\n"
@@ -130,8 +137,10 @@ def write_deepbooru_standin(python: str, webui_dir: Path, target: Path) -> None:
         "            out.writestr(info, source.read(info.filename))\n"
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([python, "-c", script], cwd=webui_dir, check=True, env=_child_env(), capture_output=True,
-                   timeout=600)
+    done = subprocess.run([python, "-c", script], cwd=webui_dir, env=_child_env(), capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"could not write the DeepBooru stand-in:\n{done.stderr[-3000:]}")
 
 
 def _child_env() -> dict[str, str]:
@@ -164,12 +173,19 @@ class WebUIServer:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process: Optional[subprocess.Popen] = None
+        try:
+            self._prepare(tiny_checkpoint)
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
+    def _prepare(self, tiny_checkpoint: Path) -> None:
         models = self.data_dir / "models"
         self.checkpoint = models / "Stable-diffusion" / f"{CHECKPOINT_NAME}.safetensors"
         self.checkpoint.parent.mkdir(parents=True)
         shutil.copyfile(tiny_checkpoint, self.checkpoint)
-        write_tiny_sd1_config(self.webui_dir, self.checkpoint, models / "tiny-clip-sd1")
+        if (self.webui_dir / "configs" / "v1-inference.yaml").is_file():  # Forge reads no yaml: it has none
+            write_tiny_sd1_config(self.webui_dir, self.checkpoint, models / "tiny-clip-sd1")
         write_deepbooru_standin(self.python, self.webui_dir, models / "torch_deepdanbooru" / "model-resnet_custom_v3.pt")
         extensions = self.data_dir / "extensions"
         extensions.mkdir()
@@ -181,7 +197,7 @@ class WebUIServer:
             self.python, "launch.py", "--skip-prepare-environment", "--skip-install", "--skip-torch-cuda-test",
             "--skip-version-check", "--no-download-sd-model", "--use-cpu", "all", "--no-half", "--api",
             "--server-name", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
-            "--ckpt", str(self.checkpoint),
+            "--ckpt", str(self.checkpoint), *os.environ.get(ARGS_ENV, "").split(),
         ]
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(args, cwd=self.webui_dir, env=_child_env(), stdout=log,
@@ -198,6 +214,9 @@ class WebUIServer:
                 continue
             try:
                 if self.call("name") and self.get("/sdapi/v1/sd-models"):
+                    # A1111 loads its model in a background thread after start-up: one image through the
+                    # WebUI's own API waits for it, so the tests never race the WebUI's own loading
+                    self.post("/sdapi/v1/txt2img", {"prompt": "warm-up", "steps": 1, "width": 64, "height": 64})
                     return
             except (OSError, RemoteError, ValueError):
                 pass
