@@ -254,9 +254,9 @@ _TYPICAL_BASIS = "RTX 3060-class GPU"
 
 
 def estimate(cfg: TrainConfig, arch: str, measured_it_per_s: Optional[float] = None,
-             measured_batch: Optional[int] = None) -> Estimate:
+             measured_batch: Optional[int] = None, cuda: Optional[bool] = None) -> Estimate:
     """Steps, VRAM and time of a run. With a speed measured on this machine (a previous run's events at the same
-    batch size) the time uses it; otherwise a typical GPU's speed."""
+    batch size) the time uses it; otherwise a typical GPU's speed, said plainly when there is no GPU here."""
     counts = dataset_counts(Path(cfg.train_data_dir))
     images = sum(n * r for n, r in counts.values())
     batch = max(1, cfg.train_batch_size)
@@ -277,12 +277,17 @@ def estimate(cfg: TrainConfig, arch: str, measured_it_per_s: Optional[float] = N
         weights -= 0.3
     vram = round(weights + act + 0.6, 1)  # + CUDA context, LoRA weights and optimizer state
     if measured_it_per_s and measured_batch == batch:
-        it_per_s, basis = measured_it_per_s, tr("measured on this machine")
+        it_per_s, basis = measured_it_per_s, tr("at the speed measured on this machine")
     else:
         per_step = _TYPICAL_S_PER_STEP.get(arch, 0.6) * scale * (0.6 + 0.4 * batch)
         if cfg.gradient_checkpointing:
             per_step *= 1.25
-        it_per_s, basis = 1.0 / per_step, tr("a typical {gpu}", gpu=_TYPICAL_BASIS)
+        it_per_s = 1.0 / per_step
+        if cuda_available() if cuda is None else cuda:
+            basis = tr("at the speed of a typical {gpu}", gpu=_TYPICAL_BASIS)
+        else:
+            basis = tr("at the speed of a typical {gpu}; no NVIDIA GPU was found here, and on the CPU training is "
+                       "far slower", gpu=_TYPICAL_BASIS)
     seconds = steps / it_per_s if it_per_s else None
     return Estimate(steps=steps, steps_per_epoch=steps_per_epoch, epochs=epochs, images_per_epoch=images,
                     vram_gb=vram, seconds=seconds, it_per_s=round(it_per_s, 3), basis=basis)
@@ -303,7 +308,7 @@ def format_duration(seconds: Optional[float]) -> str:
 
 def describe_estimate(est: Estimate) -> str:
     return tr("{steps} steps ({epochs} epochs × {per_epoch} steps, {images} pictures × repeats per epoch) · about "
-              "{vram} GB of VRAM · about {time} on {basis}", steps=est.steps, epochs=est.epochs,
+              "{vram} GB of VRAM · about {time} {basis}", steps=est.steps, epochs=est.epochs,
               per_epoch=est.steps_per_epoch, images=est.images_per_epoch, vram=est.vram_gb,
               time=format_duration(est.seconds), basis=est.basis)
 

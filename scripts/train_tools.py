@@ -72,15 +72,24 @@ class _LiveRunnerSettings:
         return (str(_opt("train_tools_gpu", "") or "")).strip() or None
 
 
-def _ui_settings():
+def _reachable_by_others():
+    """The WebUI listens beyond this computer without a login: then "Import a folder" must not read any path."""
+    cmd_opts = shared.cmd_opts
+    public = any(getattr(cmd_opts, name, None) for name in ("listen", "share", "server_name", "ngrok"))
+    return public and not (getattr(cmd_opts, "gradio_auth", None) or getattr(cmd_opts, "gradio_auth_path", None))
+
+
+def _ui_settings(workspace_root=None):
     from lib_trainer.ui.context import UISettings
 
     try:
         vram = int(_opt("train_tools_default_vram", "8"))
     except (TypeError, ValueError):
         vram = 8
+    roots = [str(workspace_root)] if workspace_root is not None and _reachable_by_others() else None
     return UISettings(default_preset=_opt("train_tools_default_preset", "character") or "character",
-                      default_vram_gb=vram, auto_preview=bool(_opt("train_tools_auto_preview", True)))
+                      default_vram_gb=vram, auto_preview=bool(_opt("train_tools_auto_preview", True)),
+                      import_roots=roots)
 
 
 def _create_context():
@@ -98,7 +107,7 @@ def _create_context():
 
     runner = jobs.JobRunner(workspace, host, _LiveRunnerSettings(), after_train=after_train)
     runner.start()
-    return UIContext(workspace, host, runner, settings=_ui_settings)
+    return UIContext(workspace, host, runner, settings=lambda: _ui_settings(workspace.root))
 
 
 def context():

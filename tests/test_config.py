@@ -80,12 +80,14 @@ def test_check_names_each_problem_beside_its_field(version, tmp_path):
 def test_estimate_counts_steps_and_uses_a_measured_speed(version):
     cfg = config.build_config(config.VersionPaths.of(version), "m", "sd1", "person", 8,
                               overrides={"max_train_epochs": 4, "train_batch_size": 2})
-    est = config.estimate(cfg, "sd1")
+    est = config.estimate(cfg, "sd1", cuda=True)
+    assert "no NVIDIA GPU" in config.estimate(cfg, "sd1", cuda=False).basis
     assert (est.images_per_epoch, est.steps_per_epoch, est.epochs, est.steps) == (50, 25, 4, 100)
     assert est.seconds > 0 and "typical" in est.basis
     measured = config.estimate(cfg, "sd1", measured_it_per_s=2.0, measured_batch=2)
     assert measured.seconds == 50 and "measured" in measured.basis
-    assert "100 steps" in config.describe_estimate(measured) and "50s" in config.describe_estimate(measured)
+    assert config.describe_estimate(measured).endswith("about 50s at the speed measured on this machine")
+    assert "100 steps" in config.describe_estimate(measured)
     assert config.last_speed([{"event": "start", "batch_size": 2}, {"event": "step", "it_per_s": 1.5}]) == (1.5, 2)
     assert config.format_duration(3725) == "1h 02m"
 

@@ -91,3 +91,12 @@ def test_the_api_setting_mounts_it_without_api_flag(webui):
     double.shared.opts.train_tools_api = True
     client = _client(double, FastAPI())
     assert client.get("/train_tools/v1/projects").status_code == 200
+
+
+def test_import_folders_are_limited_when_the_webui_is_reachable_without_login(webui, tmp_path):
+    double = webui()
+    assert double.script._ui_settings(tmp_path).import_roots is None
+    double.shared.cmd_opts.listen = True
+    assert double.script._ui_settings(tmp_path).import_roots == [str(tmp_path)]
+    double.shared.cmd_opts.gradio_auth = "ann:secret"
+    assert double.script._ui_settings(tmp_path).import_roots is None
