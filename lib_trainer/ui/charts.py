@@ -50,7 +50,7 @@ def _nice_ticks(lo: float, hi: float, count: int = 4) -> List[float]:
 @functools.lru_cache(maxsize=4)
 def _text(size: int) -> Any:
     """A text renderer per size, kept: it learns which font draws which character as it goes."""
-    from lib_trainer.preview import TextRenderer
+    from lib_trainer.preview_text import TextRenderer
 
     return TextRenderer(size)
 
@@ -117,7 +117,7 @@ def loss_chart(points: Sequence[Tuple[int, float]], size: Tuple[int, int] = (640
 
 def score_chart(version, size: Tuple[int, int] = (640, 260), recommendation=None) -> Image.Image:
     """The held-out score per checkpoint with the suggested one ringed (lib_trainer.preview draws it)."""
-    from lib_trainer.preview import score_chart as draw_scores
+    from lib_trainer.recommend import score_chart as draw_scores
 
     return draw_scores(version, size=size, recommendation=recommendation)
 
