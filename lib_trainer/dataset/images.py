@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from lib_trainer.i18n import tr
+from lib_trainer.trainer.folders import ORIENTATION_TAG, TRANSPOSE_FOR_ORIENTATION
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -81,17 +82,9 @@ DEFAULT_MIN_SIDE = 64
 
 WHITE: RGB = (255, 255, 255)
 
-_ORIENTATION_TAG = 0x0112
-_T = getattr(Image, "Transpose", Image)  # Pillow >= 9.1 has the enum; older ones the constants
-_TRANSPOSE: Dict[int, int] = {
-    2: _T.FLIP_LEFT_RIGHT,
-    3: _T.ROTATE_180,
-    4: _T.FLIP_TOP_BOTTOM,
-    5: _T.TRANSPOSE,
-    6: _T.ROTATE_270,
-    7: _T.TRANSVERSE,
-    8: _T.ROTATE_90,
-}
+# EXIF orientation → the transpose that undoes it: the trainer reads pictures with the same table.
+_ORIENTATION_TAG = ORIENTATION_TAG
+_TRANSPOSE = TRANSPOSE_FOR_ORIENTATION
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 

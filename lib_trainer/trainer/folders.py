@@ -41,6 +41,8 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "ORIENTATION_TAG",
+    "TRANSPOSE_FOR_ORIENTATION",
     "MAX_PIXELS",
     "ImageEntry",
     "FolderInfo",
@@ -64,9 +66,9 @@ _CAPTION_FALLBACKS = (".txt", ".caption")
 # Files that may sit next to pictures without being worth a mention.
 _SIDECAR_EXTENSIONS = {".txt", ".caption", ".tags", ".npz", ".json", ".toml", ".yaml", ".yml"}
 _FOLDER_NAME = re.compile(r"([0-9]+)(?:_(.*))?", re.DOTALL)
-_ORIENTATION_TAG = 0x0112
+ORIENTATION_TAG = 0x0112
 _T = getattr(Image, "Transpose", Image)  # Pillow >= 9.1 has the enum; older ones the constants
-_TRANSPOSE_FOR_ORIENTATION = {
+TRANSPOSE_FOR_ORIENTATION = {
     2: _T.FLIP_LEFT_RIGHT,
     3: _T.ROTATE_180,
     4: _T.FLIP_TOP_BOTTOM,
@@ -212,10 +214,10 @@ def _header_size(path: Path) -> Optional[Tuple[int, int]]:
 
 def _orientation(im: Image.Image) -> int:
     try:
-        value = im.getexif().get(_ORIENTATION_TAG)
+        value = im.getexif().get(ORIENTATION_TAG)
     except Exception:  # a corrupt EXIF block: show the picture as stored
         return 1
-    return value if isinstance(value, int) and value in _TRANSPOSE_FOR_ORIENTATION else 1
+    return value if isinstance(value, int) and value in TRANSPOSE_FOR_ORIENTATION else 1
 
 
 def check_image(
@@ -271,7 +273,7 @@ def open_rgb(path: Union[str, Path]) -> Image.Image:
     laid over white. Its size equals the ``size`` the scan recorded."""
     with Image.open(path) as im:
         im.load()
-        transpose = _TRANSPOSE_FOR_ORIENTATION.get(_orientation(im))
+        transpose = TRANSPOSE_FOR_ORIENTATION.get(_orientation(im))
         out = im.transpose(transpose) if transpose is not None else im.copy()
     if out.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         out = out.convert("I").point(lambda v: v * (1 / 256)).convert("L")
