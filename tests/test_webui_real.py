@@ -104,3 +104,51 @@ def test_a_staged_lora_resolves_in_the_webuis_own_pipeline_and_is_forgotten(hut,
     hut.host.forget_preview_loras(Path(hut.lora).parent)
     assert not folder.exists()
     assert name not in {entry["name"] for entry in server.get("/sdapi/v1/loras")}
+
+
+def test_training_and_preview_through_the_extensions_own_api(hut, server):
+    """A version left on disk as the tab leaves it, trained and previewed by the extension inside the WebUI,
+    started through its /train_tools/v1 API: the job runner, the trainer subprocess with the WebUI's Python,
+    the GPU release/restore around it and the preview drawn by the WebUI host."""
+    import time
+
+    from lib_trainer import preview
+    from lib_trainer.projects import Workspace
+    from lib_trainer.trainer.schema import TrainConfig, save_config
+    from tests.trainer_fixtures import make_dataset
+
+    workspace = Workspace(hut.host.outputs_dir() / "train_tools")
+    version = workspace.create_project("webui_e2e", first_version="v1").version("v1")
+    version.update(settings={"trigger": "tt_dog", "auto_preview": True})
+    make_dataset(version.dataset_dir, folder="2_tt_dog")
+    save_config(TrainConfig(
+        pretrained_model_name_or_path=hut.checkpoint, train_data_dir=str(version.train_dir),
+        output_dir=str(version.checkpoints_dir), output_name=version.output_name, caption_extension=".txt",
+        resolution="64,64", max_train_epochs=2, save_every_n_epochs=1, train_batch_size=2, network_dim=4,
+        network_alpha=4.0, learning_rate=5e-2, seed=1234, events_file=str(version.events_path),
+    ), version.config_path)
+    preview.save_config(version, preview.PreviewConfig(prompts=["dog, red ball"], weights=[0.5, 1.0], steps=3,
+                                                       width=64, height=64, seed=1234))
+
+    job = server.post("/train_tools/v1/jobs", {"project": "webui_e2e", "version": "v1"})
+    assert job["status"] in ("queued", "running"), job
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = server.get("/train_tools/v1/status?project=webui_e2e&version=v1")
+        manifest = preview.load_manifest(version) or {}
+        if status["status"] in ("failed", "cancelled", "interrupted"):
+            pytest.fail(f"training ended {status['status']}: {status.get('error')}\n{status.get('events')}")
+        if status["status"] == "finished" and manifest.get("grids") and status["job"]["status"] not in ("queued", "running"):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"no finished preview within 10 minutes: {status}")
+
+    assert len(version.checkpoints()) == 2
+    cells = manifest["cells"].values()
+    assert len(cells) == 1 + 2 * 2 and all(c["status"] == "ok" for c in cells), cells
+    with_lora = [c for c in cells if c.get("weight")]
+    assert all(c["loras_applied"] and "Lora hashes" in c["infotext"] for c in with_lora)
+    assert all((version.previews_dir / c["file"]).is_file() for c in cells)
+    assert all((version.previews_dir / grid["file"]).is_file() for grid in manifest["grids"])
+    assert not status.get("restore_error") and not status.get("after_train_error"), status
