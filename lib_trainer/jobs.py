@@ -1,6 +1,8 @@
 """The job queue and runner: one trainer subprocess at a time, followed through its event stream.
 
 Runs inside the WebUI process (or the standalone app): standard library + psutil only, never torch.
+The queue file is :mod:`lib_trainer.job_store`, the trainer process :mod:`lib_trainer.job_process`, and the
+event stream :mod:`lib_trainer.event_tail`; their public names are importable from here too.
 
 - The queue lives in ``<workspace>/jobs.json`` (atomic writes), so it survives a page reload and a restart.
 - One worker thread per :class:`JobRunner` runs the jobs in order. ``<workspace>/.trainer.lock`` (an OS file
@@ -17,38 +19,31 @@ own ``{"event": "job", "status": ...}`` whenever a job changes status.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import psutil
-
-from lib_trainer import deps
-from lib_trainer.fsutil import atomic_write_json, read_json
+from lib_trainer.event_tail import LOG_TAIL_LINES, EventTail, last_events, log_tail, parse_event_line, read_from
 from lib_trainer.i18n import tr
+from lib_trainer.job_process import (TRAINER_MODULE, FileLock, TrainerProcess, create_time, find_trainer,
+                                     start_trainer, trainer_command, trainer_env)
+from lib_trainer.job_store import ACTIVE_STATUSES, HISTORY_KEPT, JOB_STATUSES, Job, JobStore
 from lib_trainer.projects import Busy, ProjectError, Version, Workspace, now_iso
 from lib_trainer.trainer import schema
 
 log = logging.getLogger("train_tools.jobs")
 
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
-ACTIVE_STATUSES = ("queued", "running")
 # job status -> version status
 VERSION_STATUS = {"queued": "queued", "running": "running", "done": "finished", "failed": "failed",
                   "cancelled": "cancelled", "interrupted": "interrupted"}
-HISTORY_KEPT = 200
-LOG_TAIL_LINES = 20
-TRAINER_MODULE = "lib_trainer.trainer"
 STATE_SUFFIX = "-state"
 
 Listener = Callable[["Job", Dict[str, Any]], None]
@@ -64,206 +59,8 @@ class RunnerSettings:
     poll_s: float = 0.5                 # how often the runner looks at the trainer and its events
 
 
-@dataclass
-class Job:
-    id: str
-    project: str
-    version: str
-    created: str
-    status: str = "queued"
-    kind: str = "train"
-    pid: Optional[int] = None
-    position: Optional[int] = None      # 1 = next to run, while queued
-    resume: Optional[str] = None        # state folder this run continues from
-    config: Optional[str] = None        # the config the trainer was started with
-    pid_create_time: Optional[float] = None
-    owner_pid: Optional[int] = None     # the process whose runner started the trainer
-    started: Optional[str] = None
-    finished: Optional[str] = None
-    exit_code: Optional[int] = None
-    stop_requested: bool = False
-    log_offset: int = 0                 # where this run's part of trainer.log begins
-    events_offset: int = 0              # where this run's events begin in events.jsonl (a resume appends)
-    message: Optional[str] = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.project}/{self.version}"
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Job":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
 class JobError(ProjectError):
     """A job cannot be queued, resumed or run; the message says why."""
-
-
-# ---------------------------------------------------------------------------------------------- file lock
-
-class FileLock:
-    """An exclusive OS lock on a file (fcntl.flock / msvcrt.locking); the OS drops it when the process dies.
-
-    Two FileLock objects on one path exclude each other even inside one process (flock locks belong to the open
-    file, not the process), which lets tests play two processes with two runners."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._fh = None
-        self._guard = threading.Lock()
-
-    def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._guard:
-                if self._fh is not None:
-                    raise RuntimeError(f"{self.path} is already locked by this object")
-                fh = open(self.path, "a+b")
-                if _try_lock(fh):
-                    self._fh = fh
-                    return True
-                fh.close()
-            if not blocking or (deadline is not None and time.monotonic() >= deadline):
-                return False
-            time.sleep(0.05)
-
-    def release(self) -> None:
-        with self._guard:
-            if self._fh is None:
-                return
-            _unlock(self._fh)
-            self._fh.close()
-            self._fh = None
-
-    @property
-    def held(self) -> bool:
-        return self._fh is not None
-
-    def __enter__(self) -> "FileLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-if os.name == "nt":  # pragma: no cover - Windows
-    import msvcrt
-
-    def _try_lock(fh) -> bool:
-        fh.seek(0)
-        try:
-            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            return False
-
-    def _unlock(fh) -> None:
-        fh.seek(0)
-        try:
-            msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-        except OSError:
-            pass
-else:
-    import fcntl
-
-    def _try_lock(fh) -> bool:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError:
-            return False
-
-    def _unlock(fh) -> None:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-# ---------------------------------------------------------------------------------------------- events
-
-def parse_event_line(line: bytes) -> Optional[Dict[str, Any]]:
-    """The event on one line of trainer output, or None for anything else (libraries print too)."""
-    text = line.decode("utf-8", errors="replace").strip()
-    if not text.startswith("{") or not text.endswith("}"):
-        return None
-    try:
-        event = json.loads(text)
-    except ValueError:
-        return None
-    if isinstance(event, dict) and isinstance(event.get("event"), str):
-        return event
-    return None
-
-
-class EventTail:
-    """Reads the complete new lines of a growing events file; a half-written last line waits for its end."""
-
-    MAX_PARTIAL = 1 << 20
-
-    def __init__(self, path: Path, offset: int = 0):
-        self.path = Path(path)
-        self.offset = offset
-        self._partial = b""
-
-    def read(self, final: bool = False) -> List[Dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size < self.offset:  # replaced or truncated under us: start over
-                    self.offset, self._partial = 0, b""
-                fh.seek(self.offset)
-                data = fh.read()
-        except FileNotFoundError:
-            data = b""
-        self.offset += len(data)
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        if final or len(self._partial) > self.MAX_PARTIAL:
-            lines.append(self._partial)
-            self._partial = b""
-        return [e for e in map(parse_event_line, lines) if e is not None]
-
-
-def last_events(path: Path, count: int) -> List[Dict[str, Any]]:
-    """The last ``count`` events of an events file, reading only as much of its end as that takes."""
-    if count <= 0:
-        return []
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            chunk = 64 * 1024
-            while True:
-                start = max(0, size - chunk)
-                fh.seek(start)
-                lines = fh.read(size - start).split(b"\n")
-                if start > 0:
-                    lines = lines[1:]  # probably cut in the middle
-                events = [e for e in map(parse_event_line, lines) if e is not None]
-                if len(events) >= count or start == 0:
-                    return events[-count:]
-                chunk *= 4
-    except FileNotFoundError:
-        return []
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            return fh.read()
-    except (FileNotFoundError, OSError):
-        return b""
-
-
-def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of this run's part of trainer.log, leaving out event lines (the events say those)."""
-    data = _read_from(path, offset)[-256 * 1024:]
-    all_lines = [ln for ln in data.decode("utf-8", errors="replace").splitlines() if ln.strip()]
-    plain = [ln for ln in all_lines if parse_event_line(ln.encode("utf-8")) is None]
-    return "\n".join((plain or all_lines)[-lines:])
 
 
 def newest_state(folder: Path) -> Optional[Path]:
@@ -279,166 +76,6 @@ def newest_state(folder: Path) -> Optional[Path]:
     return max(candidates, key=lambda p: (p / "train_state.json").stat().st_mtime)
 
 
-# ---------------------------------------------------------------------------------------------- the queue file
-
-class JobStore:
-    """``jobs.json``: every queued and running job plus recent history, in submission order."""
-
-    def __init__(self, root: Path):
-        self.path = Path(root) / "jobs.json"
-        self._file_lock = FileLock(Path(root) / ".jobs.lock")
-        self._lock = threading.RLock()
-
-    def load(self) -> List[Job]:
-        try:
-            data = read_json(self.path, {}) or {}
-        except ValueError:
-            log.warning("train_tools: %s is damaged; starting an empty queue", self.path)
-            data = {}
-        return [Job.from_dict(j) for j in data.get("jobs", []) if isinstance(j, dict) and j.get("id")]
-
-    def mutate(self, change: Callable[[List[Job]], Any]) -> Any:
-        """Apply ``change`` to the job list under an in-process and an OS lock; positions are renumbered."""
-        with self._lock, self._file_lock:
-            jobs = self.load()
-            result = change(jobs)
-            position = 0
-            for job in jobs:
-                if job.status == "queued":
-                    position += 1
-                    job.position = position
-                else:
-                    job.position = None
-            done = [j for j in jobs if j.status not in ACTIVE_STATUSES]
-            drop = {j.id for j in done[:max(0, len(done) - HISTORY_KEPT)]}
-            jobs[:] = [j for j in jobs if j.id not in drop]
-            atomic_write_json(self.path, {"jobs": [j.to_dict() for j in jobs]})
-            return result
-
-    def update(self, job_id: str, **changes: Any) -> Optional[Job]:
-        def change(jobs: List[Job]) -> Optional[Job]:
-            for job in jobs:
-                if job.id == job_id:
-                    for k, v in changes.items():
-                        setattr(job, k, v)
-                    return job
-            return None
-        return self.mutate(change)
-
-    def get(self, job_id: str) -> Optional[Job]:
-        return next((j for j in self.load() if j.id == job_id), None)
-
-
-# ---------------------------------------------------------------------------------------------- processes
-
-class _Trainer:
-    """A trainer process: our own child (Popen) or one found again after a restart (psutil)."""
-
-    def __init__(self, pid: int, popen: Optional[subprocess.Popen] = None):
-        self.pid = pid
-        self.popen = popen
-        self.exit_code: Optional[int] = None
-        self.ended = False
-
-    def poll(self) -> bool:
-        """True once the process has ended (and has been reaped when it is our child)."""
-        if self.ended:
-            return True
-        if self.popen is not None:
-            code = self.popen.poll()
-            if code is not None:
-                self.exit_code, self.ended = code, True
-            return self.ended
-        if hasattr(os, "WNOHANG"):
-            try:  # a trainer started by an earlier runner of this same process is still our child
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-                if pid == self.pid:
-                    self.exit_code, self.ended = _exit_code(status), True
-                    return True
-            except ChildProcessError:
-                pass
-        try:
-            proc = psutil.Process(self.pid)
-            self.ended = proc.status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            self.ended = True
-        return self.ended
-
-    def signal_stop(self) -> None:
-        """Ask the trainer to save and exit (it finishes its step first)."""
-        if os.name == "nt":  # pragma: no cover - the trainer was started with CREATE_NEW_PROCESS_GROUP
-            _send(self.pid, signal.CTRL_BREAK_EVENT)
-        else:
-            _send_group(self.pid, signal.SIGINT)
-
-    def kill(self) -> None:
-        if os.name == "nt":  # pragma: no cover
-            try:
-                proc = psutil.Process(self.pid)
-                for child in proc.children(recursive=True):
-                    child.kill()
-                proc.kill()
-            except psutil.Error:
-                pass
-        else:
-            _send_group(self.pid, signal.SIGKILL)
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.poll():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
-
-def _exit_code(status: int) -> int:
-    if hasattr(os, "waitstatus_to_exitcode"):
-        return os.waitstatus_to_exitcode(status)
-    return -(status & 0x7F) if status & 0x7F else status >> 8  # pragma: no cover - Python < 3.9
-
-
-def _send(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-
-
-def _send_group(pid: int, sig: int) -> None:
-    """Signal the trainer's process group (it leads its own session), or the trainer alone if it does not."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-            return
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-    _send(pid, sig)
-
-
-def find_trainer(job: Job) -> Optional[psutil.Process]:
-    """The job's trainer if it is still running: same pid, same start time, our module with the job's config."""
-    if not job.pid:
-        return None
-    try:
-        proc = psutil.Process(job.pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            if hasattr(os, "WNOHANG"):
-                try:
-                    os.waitpid(job.pid, os.WNOHANG)  # never leave a zombie of ours behind
-                except ChildProcessError:
-                    pass
-            return None
-        if job.pid_create_time is not None and abs(proc.create_time() - job.pid_create_time) > 1.0:
-            return None  # the pid was reused by another process
-        cmdline = proc.cmdline()
-    except psutil.Error:
-        return None
-    if TRAINER_MODULE not in cmdline or (job.config and job.config not in cmdline):
-        return None
-    return proc
-
-
 # ---------------------------------------------------------------------------------------------- the runner
 
 @dataclass
@@ -446,7 +83,7 @@ class _Run:
     """What the worker knows about the job it is following."""
     job: Job
     version: Version
-    trainer: Optional[_Trainer] = None
+    trainer: Optional[TrainerProcess] = None
     stop_sent_at: Optional[float] = None
     killed: bool = False
     terminal: Optional[Dict[str, Any]] = None     # the last done/error event
@@ -731,7 +368,7 @@ class JobRunner:
         self._notify_changed()
         self._supervise(run, start=lambda: self._spawn(v, job, config))
 
-    def _supervise(self, run: _Run, start: Optional[Callable[[], "_Trainer"]]) -> None:
+    def _supervise(self, run: _Run, start: Optional[Callable[[], TrainerProcess]]) -> None:
         """Free the host's GPU, start (or reattach to) the trainer, follow it to its end and restore the GPU
         exactly once — also when anything here fails — before the job is marked ended. A shutdown leaves the
         trainer and the GPU to the next runner."""
@@ -745,7 +382,7 @@ class JobRunner:
             if start is not None:
                 run.trainer = start()
             elif run.job.pid:
-                run.trainer = _Trainer(run.job.pid)
+                run.trainer = TrainerProcess(run.job.pid)
             else:
                 raise JobError(tr("The trainer of \"{key}\" cannot be found.", key=run.job.key))
             self._follow(run)
@@ -793,39 +430,25 @@ class JobRunner:
             schema.save_config(cfg, path)
         return path
 
-    def _command(self, config: Path) -> List[str]:
-        return [self.settings.python or sys.executable, "-m", TRAINER_MODULE, str(config)]
-
-    def _spawn(self, v: Version, job: Job, config: Path) -> _Trainer:
-        command = self._command(config)
+    def _spawn(self, v: Version, job: Job, config: Path) -> TrainerProcess:
+        command = trainer_command(self.settings.python, config)
         python = command[0]
-        env = deps.trainer_env(python, self.settings.deps_dir)
-        if self.settings.gpu not in (None, ""):
-            env["CUDA_VISIBLE_DEVICES"] = str(self.settings.gpu)
-        kwargs: Dict[str, Any] = {}
-        if os.name == "nt":  # pragma: no cover
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            kwargs["start_new_session"] = True  # signals from the WebUI's terminal do not reach the trainer
+        env = trainer_env(python, self.settings.deps_dir, self.settings.gpu)
         with open(v.log_path, "ab") as log_file:
             what = f"resume from {job.resume}" if job.resume else "start"
             log_file.write(f"\n===== {now_iso()} Train Tools job {job.id} ({what}): {' '.join(command)}\n"
                            .encode("utf-8"))
             log_file.flush()
             try:
-                popen = subprocess.Popen(command, cwd=str(deps.EXTENSION_ROOT), env=env, stdin=subprocess.DEVNULL,
-                                         stdout=log_file, stderr=subprocess.STDOUT, close_fds=True, **kwargs)
+                popen = start_trainer(command, env, log_file)
             except OSError as exc:
                 raise JobError(tr("Cannot start the trainer with {python}: {error}", python=python,
                                   error=exc.strerror or str(exc))) from exc
-        try:
-            create_time: Optional[float] = psutil.Process(popen.pid).create_time()
-        except psutil.Error:
-            create_time = None
-        job.pid, job.pid_create_time = popen.pid, create_time
-        self.store.update(job.id, pid=popen.pid, pid_create_time=create_time)
+        started_at = create_time(popen.pid)
+        job.pid, job.pid_create_time = popen.pid, started_at
+        self.store.update(job.id, pid=popen.pid, pid_create_time=started_at)
         v.update(pid=popen.pid)
-        return _Trainer(popen.pid, popen)
+        return TrainerProcess(popen.pid, popen)
 
     def _follow(self, run: _Run) -> None:
         """Read events and watch the process until it has ended; handles stop requests and the kill timeout."""
@@ -947,7 +570,7 @@ class JobRunner:
     def _terminal_from_log(self, run: _Run) -> Optional[Dict[str, Any]]:
         """An error the trainer printed before it knew where its events file was (a config error)."""
         found = None
-        for line in _read_from(run.version.log_path, run.job.log_offset).split(b"\n"):
+        for line in read_from(run.version.log_path, run.job.log_offset).split(b"\n"):
             event = parse_event_line(line)
             if event and event["event"] in ("done", "error"):
                 found = event
@@ -1064,4 +687,5 @@ def _traceback_tail(lines: int = 12) -> str:
 
 
 __all__ = ["JobRunner", "RunnerSettings", "Job", "JobError", "JobStore", "FileLock", "EventTail",
-           "parse_event_line", "last_events", "log_tail", "newest_state", "find_trainer", "JOB_STATUSES"]
+           "parse_event_line", "last_events", "log_tail", "newest_state", "find_trainer", "JOB_STATUSES",
+           "ACTIVE_STATUSES", "HISTORY_KEPT", "LOG_TAIL_LINES", "TRAINER_MODULE"]

@@ -10,7 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lib_trainer.jobs import EventTail, FileLock, JobError, JobRunner, RunnerSettings, parse_event_line
+from lib_trainer.event_tail import EventTail, parse_event_line
+from lib_trainer.job_process import FileLock
+from lib_trainer.jobs import JobError, JobRunner, RunnerSettings
 from lib_trainer.projects import Busy, Workspace
 from tests.jobs_support import RecordingHost, fake_python, make_version, pid_alive, single_thread_env, wait_for
 from tests.trainer_fixtures import tiny_sd1  # noqa: F401  (fixture)
