@@ -1,0 +1,131 @@
+"""The ``train`` and ``worker`` commands."""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any, Callable, Dict
+
+from lib_trainer.cli.common import POLL_S, PROG, find_version, make_host, open_workspace, update_settings
+from lib_trainer.cli.errors import CliError, EXIT_OK
+from lib_trainer.cli.job_follow import follow_job, spawn_worker, wants_auto_preview
+from lib_trainer.cli.output import Output
+from lib_trainer.cli.train_config import build_train_config
+from lib_trainer.i18n import tr
+
+
+def cmd_train(args: argparse.Namespace, out: Output) -> int:
+    from lib_trainer import config
+    from lib_trainer.jobs import JobRunner
+    from lib_trainer.trainer import schema
+
+    ws = open_workspace(args)
+    version = find_version(ws, args.target)
+    if version.busy:
+        raise CliError(tr("\"{key}\" is already queued or training; see \"{prog} status {key}\".", key=version.key,
+                          prog=PROG))
+    runner = JobRunner(ws, host=None)
+    if args.resume:
+        _remember_preview_choice(args, version)
+        job = runner.resume(version.project.name, version.name)
+        out.say(tr("Resuming \"{key}\" from {state}.", key=version.key, state=job.resume))
+    else:
+        cfg, arch = build_train_config(args, out, version)
+        est = config.estimate(cfg, arch, *config.last_speed(version.read_events()))
+        out.say(config.describe_estimate(est))
+        schema.save_config(cfg, version.config_path)
+        earlier = version.checkpoints()
+        if earlier:
+            out.warn(tr("{count} checkpoint(s) of an earlier run stay in {folder} (files of the same name are "
+                        "replaced); to keep runs apart, train a new version: \"{prog} new {project}/NEW --from "
+                        "{version}\".", count=len(earlier), folder=str(version.checkpoints_dir), prog=PROG,
+                        project=version.project.name, version=version.name))
+        _remember_preview_choice(args, version)
+        job = runner.submit(version.project.name, version.name)
+    submitted = time.time()
+    worker = spawn_worker(args, ws)
+    if args.detach:
+        out.say(tr("Queued \"{key}\" as job {job} (position {position}); it trains in the background. Follow it "
+                   "with \"{prog} status {key} --follow\".", key=version.key, job=job.id,
+                   position=job.position or 1, prog=PROG))
+        out.emit({"ok": True, "command": "train", "detached": True, "version": version.key, "job": job.to_dict(),
+                  "worker_pid": worker.pid})
+        return EXIT_OK
+    code, document = follow_job(out, runner, version, job.id, since=submitted - 1.0, worker=worker, command="train")
+    if code == EXIT_OK and wants_auto_preview(version):
+        _wait_for_preview(out, version, worker, document)
+    out.emit(document)
+    return code
+
+
+def _remember_preview_choice(args: argparse.Namespace, version) -> None:
+    if args.preview is not None:  # read by the job runner's after-train hook (settings "auto_preview")
+        update_settings(version, auto_preview=bool(args.preview))
+
+
+def _wait_for_preview(out: Output, version, worker, document: Dict[str, Any]) -> None:
+    """After a foreground run with --preview: the worker draws the grid; wait for it and say where it is."""
+    from lib_trainer import preview
+
+    out.say(tr("Drawing the preview grid …"))
+    try:
+        worker.wait()
+    except KeyboardInterrupt:
+        out.warn(tr("The preview goes on in the background; \"{prog} preview {key}\" shows it when it is done.",
+                    prog=PROG, key=version.key))
+        return
+    error = (version.state().get("after_train_error") or {}).get("message")
+    grids = preview.grid_files(version)
+    if error:
+        out.warn(tr("The preview failed: {message}", message=error))
+    for grid in grids:
+        out.say(tr("Grid of prompt {n}: {path}", n=grid.prompt_index + 1, path=str(grid.path)))
+    document["preview"] = {"grids": [str(g.path) for g in grids], "error": error}
+
+
+class _DeferredHost:
+    """The worker's host for the job runner: the standalone host is built only when a preview draws after training.
+    Until then this process holds no model, so releasing the GPU before a trainer starts has nothing to free (and
+    needs no torch import, which would delay every trainer start)."""
+
+    def __init__(self, make: Callable[[], Any]):
+        self._make = make
+        self._host: Any = None
+
+    def get(self) -> Any:
+        if self._host is None:
+            self._host = self._make()
+        return self._host
+
+    def release_gpu(self) -> None:
+        if self._host is not None:
+            self._host.release_gpu()
+
+    def restore_gpu(self) -> None:
+        if self._host is not None:
+            self._host.restore_gpu()
+
+
+def cmd_worker(args: argparse.Namespace, out: Output) -> int:
+    """Run the queue of a workspace until no job is queued or running (what `train` starts in the background)."""
+    from lib_trainer.jobs import ACTIVE_STATUSES, JobRunner, RunnerSettings
+
+    ws = open_workspace(args)
+    host = _DeferredHost(lambda: make_host(args, ws))
+
+    def after_train(version) -> None:
+        from lib_trainer import preview
+
+        result = preview.run_preview(version, host.get())
+        print(f"preview of {version.key}: {[str(g.path) for g in result.grids]}", flush=True)
+
+    settings = RunnerSettings(python=args.python, gpu=args.gpu)
+    runner = JobRunner(ws, host, settings, after_train=after_train).start()
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {os.getpid()} on {ws.root}", flush=True)
+    try:
+        while any(j.status in ACTIVE_STATUSES for j in runner.jobs()):
+            time.sleep(POLL_S * 2)
+    finally:
+        runner.shutdown(stop_running=False)  # after_train (the preview) ends before this returns
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {os.getpid()}: queue empty", flush=True)
+    return EXIT_OK
