@@ -52,7 +52,8 @@ def spawn_worker(args: argparse.Namespace, ws):
 def follow_job(out: Output, runner, version, job_id: str, since: float, worker=None,
             command: str = "train") -> Tuple[int, Dict[str, Any]]:
     """Show a job's progress until it ends; Ctrl-C asks the trainer to save and stop (twice: stop it at once)."""
-    from lib_trainer.jobs import ACTIVE_STATUSES, EventTail
+    from lib_trainer.event_tail import EventTail
+    from lib_trainer.job_store import ACTIVE_STATUSES
 
     progress = TrainProgress(out)
     tail = None
@@ -120,7 +121,7 @@ class _no_interrupts:
 
 
 def _kill_trainer(runner, job_id: str) -> None:
-    from lib_trainer.jobs import find_trainer
+    from lib_trainer.job_process import find_trainer
 
     job = runner.store.get(job_id)
     proc = find_trainer(job) if job is not None else None

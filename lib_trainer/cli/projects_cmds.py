@@ -127,7 +127,7 @@ def _stuck(job: Dict[str, Any]) -> bool:
 
 def _queue_is_run(ws) -> bool:
     """Whether some runner (a worker, the app or the WebUI) holds the workspace's trainer lock right now."""
-    from lib_trainer.jobs import FileLock
+    from lib_trainer.job_process import FileLock
 
     lock = FileLock(ws.root / ".trainer.lock")
     if lock.acquire(blocking=False):
