@@ -709,21 +709,55 @@ def test_offline_offers_only_taggers_with_local_models(webui, host, monkeypatch)
     assert [t.id for t in host.taggers()] == ["deepbooru"]
 
 
-def test_wd14_tagger_extension_interrogators(webui, host, monkeypatch):
-    class Interrogator:
-        name = "WD14 ViT v2"
+class WD14Interrogator:
+    """An interrogator of the WD14 tagger extension (picobyte's fork): a Hugging Face model or a local one."""
 
-        def interrogate(self, image):
-            return {"general": 0.9}, {"long_hair": 0.9, "^_^": 0.6, "solo": 0.95, "grass": 0.2}
+    def __init__(self, name, repo_id=None, local_model=None):
+        self.name, self.repo_id, self.local_model, self.model_path, self.is_hf = (
+            name, repo_id, local_model, "model.onnx", local_model is None)
 
+    def interrogate(self, image):
+        return {"general": 0.9}, {"long_hair": 0.9, "^_^": 0.6, "solo": 0.95, "grass": 0.2}
+
+
+@pytest.fixture
+def wd14(monkeypatch):
     utils = types.ModuleType("tagger.utils")
-    utils.interrogators = {"wd14-vit.v2": Interrogator()}
+    utils.interrogators = {"wd14-vit.v2": WD14Interrogator("WD14 ViT v2", repo_id="SmilingWolf/wd-v1-4-vit-tagger-v2")}
+    utils.refreshed = 0
+
+    def refresh_interrogators():  # what its refresh button does: add the models found on disk
+        utils.refreshed += 1
+        utils.interrogators["local-onnx"] = WD14Interrogator("local-onnx", local_model="/m/model.onnx")
+        return sorted(utils.interrogators)
+
+    utils.refresh_interrogators = refresh_interrogators
     monkeypatch.setitem(sys.modules, "tagger.utils", utils)
+    return utils
+
+
+def test_wd14_tagger_extension_interrogators(webui, host, wd14):
     wd = next(t for t in host.taggers() if t.id == "wd14:wd14-vit.v2")
     assert "WD14 ViT v2" in wd.title and wd.uses_threshold and wd.default_threshold == 0.35
+    assert "wd14:local-onnx" in {t.id for t in host.taggers()} and wd14.refreshed == 1, "refreshed once"
     picture = Image.new("RGB", (32, 32))
     assert host.tag(wd.id, picture) == ["solo", "long hair", "^_^"]
     assert host.tag(wd.id, picture, 0.1) == ["solo", "long hair", "^_^", "grass"]
+
+
+def test_wd14_offline_offers_local_and_cached_models_only(webui, host, wd14, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    assert [t.id for t in host.taggers()] == ["wd14:local-onnx"]
+    snapshot = tmp_path / "hf" / "models--SmilingWolf--wd-v1-4-vit-tagger-v2"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("abc")
+    (snapshot / "snapshots" / "abc").mkdir(parents=True)
+    (snapshot / "snapshots" / "abc" / "model.onnx").write_bytes(b"onnx")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    assert [t.id for t in host.taggers()] == ["wd14:wd14-vit.v2", "wd14:local-onnx"]
 
 
 def test_upscalers_leave_out_none_and_give_the_exact_size(webui, host):

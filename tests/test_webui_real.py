@@ -19,6 +19,7 @@ from PIL import Image
 from lib_trainer.hosts.base import PREVIEW_FOLDER, LoraSpec, version_key
 from tests.host_contract import HostUnderTest, contract_lora, webui_host  # noqa: F401 — fixtures by name
 from tests.trainer_fixtures import tiny_sd1  # noqa: F401
+from tests.webui_server import WD14_ENV, WD14_MODEL_FOLDER
 
 PERSON = {"prompt": "a red ball on grass", "negative_prompt": "", "seed": 99, "steps": 3, "width": 64, "height": 64,
           "sampler_name": "Euler a", "cfg_scale": 7.0}
@@ -152,3 +153,20 @@ def test_training_and_preview_through_the_extensions_own_api(hut, server):
     assert all((version.previews_dir / c["file"]).is_file() for c in cells)
     assert all((version.previews_dir / grid["file"]).is_file() for grid in manifest["grids"])
     assert not status.get("restore_error") and not status.get("after_train_error"), status
+
+
+def test_the_wd14_tagger_extension_tags_through_the_host(hut, server):
+    """picobyte's WD14 tagger extension, linked in when TRAIN_TOOLS_WEBUI_WD14_DIR points at a checkout, with a
+    stand-in ONNX model (tags follow the picture's colour) in its local-model folder; onnxruntime must be in the
+    WebUI's environment, as the extension itself requires."""
+    if not server.wd14:
+        pytest.skip(f"{WD14_ENV} is not set: the WD14 tagger extension is not linked into this WebUI")
+    wd14 = [t for t in hut.host.taggers() if t.id.startswith("wd14:")]
+    assert [t.id for t in wd14] == [f"wd14:{WD14_MODEL_FOLDER}"], "offline, only the model on disk is offered"
+    assert wd14[0].uses_threshold and wd14[0].default_threshold == 0.35
+    # 448 px: the extension pads smaller pictures to the model's size with white, which would drown the colour
+    red = Image.new("RGB", (448, 448), (200, 120, 40))
+    assert hut.host.tag(wd14[0].id, red) == ["red theme", "solo", "^_^"]
+    assert hut.host.tag(wd14[0].id, red, 0.2) == ["red theme", "solo", "^_^", "green theme"]
+    blue = Image.new("RGB", (448, 448), (30, 60, 220))
+    assert hut.host.tag(wd14[0].id, blue)[0] == "blue theme"

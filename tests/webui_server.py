@@ -18,7 +18,10 @@ How the WebUI host is tested against a real WebUI (``TRAIN_TOOLS_WEBUI_DIR=/path
   person's own txt2img after ours.
 - The WebUI runs with ``HF_HUB_OFFLINE=1``: nothing can be downloaded here. DeepBooru gets stand-in weights (random,
   in the real model's architecture, with a short tag list) so that the real tagging path runs; BLIP/CLIP cannot
-  run offline and are therefore not offered by the host.
+  run offline and are therefore not offered by the host. With ``TRAIN_TOOLS_WEBUI_WD14_DIR`` pointing at a
+  checkout of picobyte's WD14 tagger extension (and onnxruntime in the WebUI's environment, as that extension
+  requires), it is linked in too, with a stand-in ONNX model (written here byte by byte; its tags follow the
+  picture's colour) in its local-model folder.
 
 Start-up costs about half a minute on a CPU; one server is shared by every test module of the session.
 """
@@ -56,6 +59,7 @@ PROBE = REPO / "tests" / "webui_probe"
 WEBUI_ENV = "TRAIN_TOOLS_WEBUI_DIR"
 PYTHON_ENV = "TRAIN_TOOLS_WEBUI_PYTHON"
 ARGS_ENV = "TRAIN_TOOLS_WEBUI_ARGS"  # more launch options, e.g. "--always-cpu" for Forge
+WD14_ENV = "TRAIN_TOOLS_WEBUI_WD14_DIR"  # a checkout of the WD14 tagger extension to link in as well
 START_TIMEOUT = 420.0
 CHECKPOINT_NAME = "tiny-sd1"
 DEEPBOORU_TAGS = ["1girl", "solo", "dog", "outdoors", "red_ball", "^_^", "rating:safe"]
@@ -141,6 +145,83 @@ def write_deepbooru_standin(python: str, webui_dir: Path, target: Path) -> None:
         raise RuntimeError(f"could not write the DeepBooru stand-in:\n{done.stderr[-3000:]}")
 
 
+# -- a stand-in WD14 tagger model: a few bytes of ONNX, written by hand (no onnx package needed) -----------------
+
+WD14_MODEL_FOLDER = "wd-v1-4-convnextv2-tagger-v2"  # a folder name picobyte's fork accepts for a local model
+# (tag, category, bias, weight of the mean blue/green/red channel): the model sees BGR pixels, 0–255
+WD14_TAGS = [
+    ("general", 9, 2.0, (0, 0, 0)), ("sensitive", 9, -5.0, (0, 0, 0)), ("questionable", 9, -5.0, (0, 0, 0)),
+    ("explicit", 9, -5.0, (0, 0, 0)),
+    ("red_theme", 0, -1.0, (-5, -5, 10)), ("blue_theme", 0, -1.0, (10, -5, -5)),
+    ("green_theme", 0, -1.0, (-5, 10, -5)), ("^_^", 0, 0.0, (0, 0, 0)), ("solo", 0, 1.0, (0, 0, 0)),
+]
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, value) -> bytes:
+    """One protobuf field: an int (varint) or bytes/str (length-delimited)."""
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _tensor(name: str, dims: list, values: list) -> bytes:
+    import struct
+
+    return (b"".join(_field(1, d) for d in dims) + _field(2, 1) + _field(8, name)
+            + _field(9, struct.pack(f"<{len(values)}f", *values)))
+
+
+def _value_info(name: str, dims: list) -> bytes:
+    shape = b"".join(_field(1, _field(1, d)) for d in dims)
+    return _field(1, name) + _field(2, _field(1, _field(1, 1) + _field(2, shape)))
+
+
+def _node(op: str, inputs: list, output: str, attributes: bytes = b"") -> bytes:
+    return b"".join(_field(1, i) for i in inputs) + _field(2, output) + _field(3, output) + _field(4, op) + attributes
+
+
+def wd14_standin_onnx() -> bytes:
+    """sigmoid(mean colour / 255 · W + b): a real ONNX model whose tags follow the picture's colour."""
+    count = len(WD14_TAGS)
+    weights = [WD14_TAGS[j][3][c] for c in range(3) for j in range(count)]  # [3, count], row-major
+    ints = b"".join(_field(8, a) for a in (1, 2))
+    axes = _field(5, _field(1, "axes") + ints + _field(20, 7))  # AttributeProto: INTS
+    keepdims = _field(5, _field(1, "keepdims") + _field(3, 0) + _field(20, 2))  # INT
+    graph = b"".join([
+        _field(1, _node("ReduceMean", ["input_1:0"], "mean", axes + keepdims)),
+        _field(1, _node("Mul", ["mean", "scale"], "scaled")),
+        _field(1, _node("MatMul", ["scaled", "weights"], "logits")),
+        _field(1, _node("Add", ["logits", "bias"], "shifted")),
+        _field(1, _node("Sigmoid", ["shifted"], "predictions_sigmoid")),
+        _field(2, "wd14_standin"),
+        _field(5, _tensor("scale", [], [1 / 255])),
+        _field(5, _tensor("weights", [3, count], weights)),
+        _field(5, _tensor("bias", [count], [t[2] for t in WD14_TAGS])),
+        _field(11, _value_info("input_1:0", [1, 448, 448, 3])),
+        _field(12, _value_info("predictions_sigmoid", [1, count])),
+    ])
+    return _field(1, 8) + _field(2, "train-tools-tests") + _field(7, graph) + _field(8, _field(1, "") + _field(2, 13))
+
+
+def write_wd14_standin(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(wd14_standin_onnx())
+    rows = ["tag_id,name,category,count"] + [f"{i},{name},{cat},1" for i, (name, cat, _, _) in enumerate(WD14_TAGS)]
+    (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
 def _child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("COMMANDLINE_ARGS", "PYTHONPATH", "VIRTUAL_ENV")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
@@ -189,6 +270,11 @@ class WebUIServer:
         extensions.mkdir()
         (extensions / "train_tools").symlink_to(REPO, target_is_directory=True)
         (extensions / "train_tools_probe").symlink_to(PROBE, target_is_directory=True)
+        wd14 = os.environ.get(WD14_ENV)
+        self.wd14 = bool(wd14)
+        if wd14:  # the WD14 tagger extension, with a stand-in model where it looks for local ONNX models
+            (extensions / "wd14_tagger").symlink_to(Path(wd14).resolve(), target_is_directory=True)
+            write_wd14_standin(models / "TaggerOnnx" / WD14_MODEL_FOLDER)
 
     def start(self) -> None:
         args = [

@@ -170,6 +170,25 @@ def parse_lora_hashes(infotext: str) -> dict[str, str]:
     return result
 
 
+def _wd14_on_disk(interrogator: Any) -> bool:
+    """A WD14-extension model that can run without a download: a local ONNX model or DeepDanbooru project, or
+    a Hugging Face model already in the cache."""
+    if getattr(interrogator, "local_model", None) or getattr(interrogator, "project_path", None):
+        return True
+    repo_id = getattr(interrogator, "repo_id", None)
+    if not repo_id or not getattr(interrogator, "is_hf", True):
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cache_dir = getattr(_webui("shared").opts, "tagger_hf_cache_dir", None) or None  # picobyte's setting
+        cached = try_to_load_from_cache(repo_id, getattr(interrogator, "model_path", None) or "model.onnx",
+                                        cache_dir=cache_dir)
+    except Exception:
+        return False
+    return isinstance(cached, str)
+
+
 def _split_tags(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -262,6 +281,7 @@ class WebUIHost(Host):
         self._released = False
         self._arch_cache: dict[tuple[str, int, int], str] = {}
         self._staging: Optional[LoraStaging] = None
+        self._wd14_refreshed = False
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def checkpoints(self, refresh: bool = False) -> list[CheckpointInfo]:
@@ -580,15 +600,26 @@ class WebUIHost(Host):
     def _interrogator_usable(self) -> bool:
         return not _offline() or any((self._models_path() / "BLIP").glob("*.pth"))
 
-    @staticmethod
-    def _wd14_interrogators() -> dict[str, Any]:
+    def _wd14_interrogators(self) -> dict[str, Any]:
         """The interrogators of the WD14 tagger extension (toriato's or picobyte's fork) when it is installed:
-        both keep them in ``tagger.utils.interrogators``, each with ``interrogate(image) -> (ratings, tags)``."""
+        both keep them in ``tagger.utils.interrogators``, each with ``interrogate(image) -> (ratings, tags)``.
+        The extension adds the models on disk (its ONNX and DeepDanbooru folders) only when its refresh button
+        is pressed, so that refresh runs once here; offline, models that would be downloaded are left out."""
         utils = sys.modules.get("tagger.utils")
+        if utils is None:
+            return {}
+        if not self._wd14_refreshed and callable(getattr(utils, "refresh_interrogators", None)):
+            self._wd14_refreshed = True
+            try:
+                utils.refresh_interrogators()
+            except Exception as exc:  # a broken model folder must not hide the other taggers
+                print(f"Train Tools: the WD14 tagger's model list could not be refreshed: {exc}", file=sys.stderr)
         interrogators = getattr(utils, "interrogators", None)
         if not isinstance(interrogators, dict):
             return {}
-        return {str(k): v for k, v in interrogators.items() if hasattr(v, "interrogate")}
+        offline = _offline()
+        return {str(k): v for k, v in interrogators.items()
+                if hasattr(v, "interrogate") and (not offline or _wd14_on_disk(v))}
 
     def tag(self, tagger_id: str, image, threshold: Optional[float] = None) -> list[str]:
         known = {t.id: t for t in self.taggers()}
