@@ -114,7 +114,7 @@ def _interruptible(work: Callable[[], Any], stop: threading.Event, interrupt: Ca
 
 
 def cmd_pick(args: argparse.Namespace, out: Output) -> int:
-    from lib_trainer import pick, preview
+    from lib_trainer import pick
 
     ws = open_workspace(args)
     version = find_version(ws, args.target)

@@ -81,7 +81,7 @@ def _resolve_base(args: argparse.Namespace, version, wanted: str) -> Tuple[str, 
     if saved.get("base_stamp") == stamp and saved.get("arch") in ("sd1", "sd2", "sd2-v", "sdxl"):
         return str(resolved), saved["arch"], []  # the same file as last time: no need to open it (and torch) again
     use_trainer_deps()
-    from lib_trainer.hosts.standalone import detect_checkpoint_arch
+    from lib_trainer.hosts.checkpoint_files import detect_checkpoint_arch
 
     arch = detect_checkpoint_arch(resolved)
     return str(resolved), arch if arch != "unknown" else "sd1", _arch_problems(arch, str(path))

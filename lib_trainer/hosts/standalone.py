@@ -11,13 +11,11 @@ trainer modules are imported inside the methods so that importing the module sta
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import os
 import random
 import re
-import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from lib_trainer.hosts.base import (
     check_request,
     lora_prompt,
 )
+from lib_trainer.hosts.checkpoint_files import detect_checkpoint_arch, safetensors_data_hash
 from lib_trainer.i18n import tr
 
 PathLike = Any  # str | os.PathLike
@@ -97,56 +96,6 @@ def _quote(text: str) -> str:
 
 def _tag_name(path: Path) -> str:
     return re.sub(r"[:<>\s]+", "_", path.stem) or "lora"
-
-
-def safetensors_data_hash(path: Path) -> str:
-    """sha256 of a .safetensors file's tensor data (after the header): the WebUI's and sd-scripts' Lora hash."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        if path.suffix.lower() == ".safetensors":
-            header_len = struct.unpack("<Q", fh.read(8))[0]
-            fh.seek(8 + header_len)
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _yaml_says_v(path: Path) -> bool:
-    """A WebUI-style ``<checkpoint>.yaml`` next to the file declaring v-prediction."""
-    yaml = path.with_suffix(".yaml")
-    try:
-        text = yaml.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return re.search(r"""^\s*parameterization:\s*["']?v["']?\s*$""", text, re.MULTILINE) is not None
-
-
-def checkpoint_keys(path: Path) -> list[str]:
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            return list(fh.keys())
-    import torch
-
-    data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    return list(data.keys()) if isinstance(data, dict) else []
-
-
-def detect_checkpoint_arch(path: Path) -> str:
-    """"sd1" | "sd2" | "sd2-v" | "sdxl" from the file's keys (the trainer's own detection); "unknown" otherwise."""
-    from lib_trainer.trainer.models import detect_arch
-
-    try:
-        keys = checkpoint_keys(path)
-        arch = detect_arch(keys)
-    except Exception:  # an unreadable or foreign file is listed as unknown, never an error
-        return "unknown"
-    if arch == "sd2" and ("v_pred" in keys or _yaml_says_v(path)):
-        return "sd2-v"
-    return arch
 
 
 class StandaloneHost(Host):

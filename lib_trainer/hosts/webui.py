@@ -30,7 +30,6 @@ import importlib
 import json
 import os
 import re
-import struct
 import sys
 import threading
 from pathlib import Path
@@ -49,6 +48,7 @@ from lib_trainer.hosts.base import (
     check_request,
     lora_prompt,
 )
+from lib_trainer.hosts.checkpoint_files import detect_checkpoint_arch, safetensors_keys
 from lib_trainer.i18n import tr
 
 JOB_NAME = "train_tools"
@@ -77,53 +77,6 @@ def _offline() -> bool:
 
 
 # ---- files, read without loading tensors -------------------------------------------------------------------------
-
-def safetensors_keys(path: Path) -> list[str]:
-    """Tensor names of a .safetensors file, from its JSON header alone."""
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            raise ValueError("not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", head)
-        if length > 100 * 2**20:
-            raise ValueError("not a safetensors file (header too large)")
-        header = json.loads(fh.read(length).decode("utf-8"))
-    return [k for k in header if k != "__metadata__"]
-
-
-def checkpoint_keys(path: Path) -> list[str]:
-    if path.suffix.lower() == ".safetensors":
-        return safetensors_keys(path)
-    import torch
-
-    data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    return list(data.keys()) if isinstance(data, dict) else []
-
-
-def _yaml_says_v(path: Path) -> bool:
-    """The WebUI's ``<checkpoint>.yaml`` beside the file declares v-prediction (how SD2 768-v models are set up)."""
-    try:
-        text = path.with_suffix(".yaml").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return re.search(r"""^\s*parameterization:\s*["']?v["']?\s*$""", text, re.MULTILINE) is not None
-
-
-def detect_checkpoint_arch(path: Path) -> str:
-    """sd1 / sd2 / sd2-v / sdxl from the checkpoint's keys, with the trainer's own rules; "unknown" otherwise."""
-    from lib_trainer.trainer.models import detect_arch  # torch only; the WebUI has it loaded already
-
-    try:
-        keys = checkpoint_keys(path)
-        arch = detect_arch(keys)
-    except Exception:  # an unreadable or foreign file is listed as unknown, never an error
-        return "unknown"
-    if arch == "sd2" and ("v_pred" in keys or _yaml_says_v(path)):
-        return "sd2-v"
-    return arch
-
 
 def lora_module_names(path: Path) -> set[str]:
     """The layers a LoRA/LyCORIS .safetensors file patches (``lora_unet_…``, ``lora_te…``), from its header."""

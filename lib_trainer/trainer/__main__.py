@@ -20,8 +20,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    from pathlib import Path
-
     from .events import EventWriter
     from .schema import ConfigError, load_config
 

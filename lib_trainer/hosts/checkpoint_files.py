@@ -1,0 +1,72 @@
+"""Facts about model files that every host needs, read without loading a model: tensor names, the
+architecture (with the trainer's own rules) and the tensor-data hash the WebUI and sd-scripts show for a LoRA.
+
+Standard library only at import; torch is imported only for a pickled ``.ckpt`` (both hosts' processes have it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from pathlib import Path
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """Tensor names of a .safetensors file, from its JSON header alone."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) != 8:
+            raise ValueError("not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", head)
+        if length > 100 * 2**20:
+            raise ValueError("not a safetensors file (header too large)")
+        header = json.loads(fh.read(length).decode("utf-8"))
+    return [k for k in header if k != "__metadata__"]
+
+
+def checkpoint_keys(path: Path) -> list[str]:
+    """Tensor names of a checkpoint: the header of a .safetensors, or a ``.ckpt`` read with ``weights_only``."""
+    if path.suffix.lower() == ".safetensors":
+        return safetensors_keys(path)
+    import torch
+
+    data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    return list(data.keys()) if isinstance(data, dict) else []
+
+
+def yaml_says_v(path: Path) -> bool:
+    """The WebUI's ``<checkpoint>.yaml`` beside the file declares v-prediction (how SD2 768-v models are set up)."""
+    try:
+        text = path.with_suffix(".yaml").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"""^\s*parameterization:\s*["']?v["']?\s*$""", text, re.MULTILINE) is not None
+
+
+def detect_checkpoint_arch(path: Path) -> str:
+    """"sd1" | "sd2" | "sd2-v" | "sdxl" from the file's keys (the trainer's own detection); "unknown" otherwise."""
+    from lib_trainer.trainer.models import detect_arch
+
+    try:
+        keys = checkpoint_keys(path)
+        arch = detect_arch(keys)
+    except Exception:  # an unreadable or foreign file is listed as unknown, never an error
+        return "unknown"
+    if arch == "sd2" and ("v_pred" in keys or yaml_says_v(path)):
+        return "sd2-v"
+    return arch
+
+
+def safetensors_data_hash(path: Path) -> str:
+    """sha256 of a .safetensors file's tensor data (after the header): the WebUI's and sd-scripts' Lora hash."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if path.suffix.lower() == ".safetensors":
+            header_len = struct.unpack("<Q", fh.read(8))[0]
+            fh.seek(8 + header_len)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
