@@ -6,6 +6,11 @@ under 512 px …"). So every user-visible string in lib_trainer goes through :fu
 ``str.format`` template and the key; the same JSON file carries its translation, and the values are filled in
 after translating. Static labels translated here are simply left alone by the WebUI's own pass.
 
+The WebUI merges every extension's ``localizations/<lang>.json`` into one table for the whole page, so a short,
+common label there ("Seed", "Steps", "Train") would replace the person's own translation of the WebUI's labels
+on every tab. Such labels (two words or fewer) live in ``lib_trainer/locales/<lang>.json`` instead, which only
+:func:`tr` reads; ``localizations/`` keeps the sentences and messages that are ours alone.
+
 Standard library only: this runs inside the WebUI process.
 """
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 LOCALIZATIONS_DIR = Path(__file__).resolve().parents[1] / "localizations"
+PRIVATE_DIR = Path(__file__).resolve().parent / "locales"
 
 _lock = threading.Lock()
 _language: Optional[str] = None
@@ -30,12 +36,13 @@ def load_table(language: Optional[str]) -> Dict[str, str]:
     """The translation table of ``language`` (empty for English, None, "None" or an unknown language)."""
     if not language or language in ("None", "en", "en_US"):
         return {}
-    path = LOCALIZATIONS_DIR / f"{language}.json"
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    return {str(k): str(v) for k, v in data.items()}
+    table: Dict[str, str] = {}
+    for folder in (LOCALIZATIONS_DIR, PRIVATE_DIR):
+        path = folder / f"{language}.json"
+        if path.is_file():
+            with open(path, encoding="utf-8") as fh:
+                table.update({str(k): str(v) for k, v in json.load(fh).items()})
+    return table
 
 
 def set_language(language: Optional[str]) -> None:

@@ -9,7 +9,9 @@ import pytest
 from lib_trainer import i18n
 
 ROOT = Path(__file__).resolve().parents[1]
-ZH = json.loads((ROOT / "localizations" / "zh_CN.json").read_text(encoding="utf-8"))
+WEBUI_ZH = json.loads((ROOT / "localizations" / "zh_CN.json").read_text(encoding="utf-8"))
+PRIVATE_ZH = json.loads((ROOT / "lib_trainer" / "locales" / "zh_CN.json").read_text(encoding="utf-8"))
+ZH = {**WEBUI_ZH, **PRIVATE_ZH}
 
 
 def tr_templates():
@@ -32,7 +34,16 @@ def fields(template):
 
 def test_every_message_has_a_chinese_translation():
     missing = [f"{f}:{line}: {t!r}" for f, line, t in tr_templates() if t not in ZH]
-    assert not missing, "add these to localizations/zh_CN.json:\n" + "\n".join(missing)
+    assert not missing, ("add these to localizations/zh_CN.json (labels of two words or fewer: to "
+                         "lib_trainer/locales/zh_CN.json):\n" + "\n".join(missing))
+
+
+def test_short_labels_stay_out_of_the_file_the_webui_merges_into_every_page():
+    # The WebUI merges every extension's localizations/zh_CN.json: a common label there ("Seed") would replace
+    # the person's own translation of the WebUI's labels on every tab.
+    short = [k for k in WEBUI_ZH if len(k.split()) <= 2 and "{" not in k]
+    assert not short, f"move these to lib_trainer/locales/zh_CN.json: {short}"
+    assert not set(WEBUI_ZH) & set(PRIVATE_ZH)
 
 
 def test_translations_keep_the_fields():
