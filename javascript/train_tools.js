@@ -60,7 +60,7 @@
             } else {
                 const tabs = app.querySelectorAll("#tabs > div > button, #tabs button");
                 for (const tab of tabs) {
-                    if (tab.textContent.trim() === "txt2img") {
+                    if (tab.textContent.trim().toLowerCase() === "txt2img") { // Forge labels it "Txt2img"
                         tab.click();
                         break;
                     }

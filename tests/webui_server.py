@@ -283,6 +283,10 @@ class WebUIServer:
             "--server-name", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
             "--ckpt", str(self.checkpoint), *os.environ.get(ARGS_ENV, "").split(),
         ]
+        if (self.webui_dir / "modules_forge").is_dir():
+            # Forge (gradio 4) serves files only from its allowed paths, by default the data folder alone: with
+            # --data-dir elsewhere its own script.js, ui.js, … would answer 403 and the page would run without them.
+            args += ["--gradio-allowed-path", str(self.webui_dir)]
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(args, cwd=self.webui_dir, env=_child_env(), stdout=log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
