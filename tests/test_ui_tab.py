@@ -121,3 +121,18 @@ def test_the_tab_in_chinese(tmp_path):
         assert dataset_panel.CROP_CHOICES.value(dataset_panel.CROP_CHOICES.label("none")) == "none"
     finally:
         set_language(None)
+
+
+def test_creating_a_project_refreshes_every_panel_even_when_the_version_name_stays_v1(tmp_path):
+    # A new project's first version is "v1" like the current one: the version's change event does not fire, so
+    # the create (and rename, delete, restore) events must refresh the panels themselves.
+    ctx = make_context(tmp_path)
+    blocks = build_tab(ctx)
+    ids = {b._id: b.elem_id for b in blocks.blocks.values()}
+    deps = dependencies(blocks)
+    create = next(i for i, d in enumerate(deps)
+                  if any(ids.get(block) == "train_tools_create_project" for block, _ in targets(d)))
+    followers = [d for d in deps if d.get("trigger_after") == create]
+    assert followers, "nothing runs after Create project"
+    refreshed = {ids.get(o) for d in followers for o in d["outputs"]}
+    assert {"train_tools_dataset_report", "train_tools_gallery", "train_tools_checkpoints_table"} <= refreshed

@@ -6,7 +6,7 @@ tests call them directly. Changing the version dropdown is what refreshes the re
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
 import gradio as gr
@@ -32,6 +32,9 @@ class ProjectBar:
     confirm_text: Any
     pending: Any
     trash: Any
+    #: Events after which the selected project/version may be new although the version name is the same ("v1" of
+    #: a new project): the tab refreshes every panel after them, since the version's change event does not fire.
+    selection_events: List[Any] = field(default_factory=list)
 
 
 def next_version_name(existing: List[str]) -> str:
@@ -220,23 +223,26 @@ def build(ctx: UIContext) -> ProjectBar:
     project.change(lambda p, v: on_project_change(ctx, p, v), [project, version], [version], queue=False,
                    show_progress=compat.HIDDEN)
     refresh.click(lambda p, v: on_refresh(ctx, p, v), [project, version], selection + [trash], queue=False)
-    create_project.click(lambda n: on_create_project(ctx, n), [new_project], selection + [new_project])
+    bar.selection_events += [
+        create_project.click(lambda n: on_create_project(ctx, n), [new_project], selection + [new_project])]
     create_version.click(lambda p, v, n: on_create_version(ctx, p, v, n, False), [project, version, new_version],
                          selection + [new_version])
     clone_version.click(lambda p, v, n: on_create_version(ctx, p, v, n, True), [project, version, new_version],
                         selection + [new_version])
-    rename_project.click(lambda p, v, n: on_rename(ctx, "project", p, v, n), [project, version, rename_to],
-                         selection + [rename_to])
+    bar.selection_events.append(
+        rename_project.click(lambda p, v, n: on_rename(ctx, "project", p, v, n), [project, version, rename_to],
+                             selection + [rename_to]))
     rename_version.click(lambda p, v, n: on_rename(ctx, "version", p, v, n), [project, version, rename_to],
                          selection + [rename_to])
     delete_project.click(lambda p, v: on_delete_request("project", p, v), [project, version],
                          [confirm_row, confirm_text, pending, message], queue=False)
     delete_version.click(lambda p, v: on_delete_request("version", p, v), [project, version],
                          [confirm_row, confirm_text, pending, message], queue=False)
-    confirm.click(lambda pend: on_delete_confirm(ctx, pend), [pending],
-                  selection + [confirm_row, pending, trash])
+    bar.selection_events.append(confirm.click(lambda pend: on_delete_confirm(ctx, pend), [pending],
+                                              selection + [confirm_row, pending, trash]))
     cancel.click(on_delete_cancel, None, [confirm_row, pending, message], queue=False)
-    restore.click(lambda t, p, v: on_restore(ctx, t, p, v), [trash, project, version], selection + [trash])
+    bar.selection_events.append(
+        restore.click(lambda t, p, v: on_restore(ctx, t, p, v), [trash, project, version], selection + [trash]))
     return bar
 
 

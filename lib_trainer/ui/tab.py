@@ -124,6 +124,9 @@ def build_tab(ctx: UIContext) -> gr.Blocks:
 
         version.change(refresh_all, [project, version], all_outputs).then(do_poll, poll_inputs, poll_outputs,
                                                                           show_progress=compat.HIDDEN)
+        for event in bar.selection_events:  # a new project's "v1" does not change the version's value
+            event.then(refresh_all, [project, version], all_outputs).then(do_poll, poll_inputs, poll_outputs,
+                                                                          show_progress=compat.HIDDEN)
         progress["poll"].click(do_poll, poll_inputs, poll_outputs, queue=False, show_progress=compat.HIDDEN)
 
         # What one panel changes, the others show.
