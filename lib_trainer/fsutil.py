@@ -23,16 +23,21 @@ __all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atom
            "read_json", "short_hash", "safe_file_stem"]
 
 
-def atomic_save(path: PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` to produce the file, then move it over ``path``."""
+def atomic_save(path: PathLike, write: Callable[[Path], None], *, durable: bool = True) -> None:
+    """Call ``write(tmp_path)`` to produce the file, then move it over ``path``.
+
+    The temporary file is hidden and ends in ``.tmp``, so a folder scan (the WebUI's Lora list, the trainer's
+    dataset) never takes a half-written file for a picture or a LoRA; writers name their format explicitly.
+    ``durable=False`` skips the fsync, for files that can simply be made again (preview cells and grids)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:40]}.", suffix=".tmp" + path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:40]}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -11,15 +11,14 @@ File names never contain prompts. Runs inside the WebUI process: standard librar
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 from PIL import Image, PngImagePlugin
 
-from lib_trainer.fsutil import read_json, safe_file_stem
+from lib_trainer.fsutil import atomic_save, read_json, safe_file_stem
 from lib_trainer.projects import CheckpointFile, Version
 
 MANIFEST_FILE = "manifest.json"
@@ -133,27 +132,11 @@ def valid_record(manifest: Dict[str, Any], cell: PreviewCell, previews: Path) ->
 
 # ---- writing ----------------------------------------------------------------------------------------------------------
 
-def _replace_into(path: Path, write: Callable[[Path], None]) -> None:
-    """Write a file next to ``path`` and move it over ``path``: readers never see a half-written file.
-
-    Unlike fsutil.atomic_save there is no fsync: everything written here (cell pictures, grids, the manifest) can
-    be drawn again, and a flush per cell costs more than the preview's own work on a busy disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem[:40]}.{os.getpid()}.{threading.get_ident()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_manifest(path: Path, manifest: Dict[str, Any]) -> None:
     text = json.dumps(manifest, ensure_ascii=False, separators=(",", ":"))  # compact: the C encoder, no indent
-    _replace_into(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    # No fsync here or below: everything in previews/ can be drawn again, and a flush per cell costs more than
+    # the preview's own work on a busy disk.
+    atomic_save(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable=False)
 
 
 def save_png(path: Path, image: Image.Image, parameters: str, extra: Optional[Dict[str, str]] = None) -> None:
@@ -164,7 +147,7 @@ def save_png(path: Path, image: Image.Image, parameters: str, extra: Optional[Di
         info.add_text(key, value)
     if image.mode not in ("RGB", "RGBA", "L"):
         image = image.convert("RGB")
-    _replace_into(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info, compress_level=4))
+    atomic_save(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info, compress_level=4), durable=False)
 
 
 # ---- one run at a time ------------------------------------------------------------------------------------------------

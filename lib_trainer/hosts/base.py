@@ -14,13 +14,13 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import threading
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Union
 
+from lib_trainer.fsutil import atomic_copy
 from lib_trainer.i18n import tr
 
 if TYPE_CHECKING:  # Pillow is only needed for the annotations
@@ -297,19 +297,7 @@ class LoraStaging:
         target = folder / (name + path.suffix.lower())
         if target.is_file():
             return name
-        folder.mkdir(parents=True, exist_ok=True)
-        # a leading dot and a .tmp suffix: the host's Lora scan never sees a half-written copy
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_copy(path, target)  # its hidden .tmp file never shows up in the host's Lora scan
         return name
 
     def forget(self, version_dir: PathLike) -> None:
