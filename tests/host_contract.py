@@ -52,21 +52,11 @@ def pixels(image: Image.Image) -> np.ndarray:
 @pytest.fixture(scope="session")
 def contract_lora(tiny_sd1, tmp_path_factory) -> Path:
     """A LoRA trained by the real trainer on the tiny SD1 model, strong enough to change a 64px picture."""
-    import torch
-
-    from lib_trainer.trainer.train import Trainer
-    from tests.trainer_fixtures import make_config, train
+    from tests.trainer_fixtures import fast_training, make_config, train
 
     tmp = tmp_path_factory.mktemp("contract_lora")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(Trainer, "EVAL_PICTURES", 1)
-            mp.setattr(Trainer, "EVAL_TIMESTEPS", (500,))
-            run = train(make_config(tmp, tiny_sd1, max_train_steps=3, learning_rate=1e-2)).assert_ok()
-    finally:
-        torch.set_num_threads(threads)
+    with fast_training():
+        run = train(make_config(tmp, tiny_sd1, max_train_steps=3, learning_rate=1e-2)).assert_ok()
     return run.final
 
 

@@ -21,17 +21,10 @@ from tests.host_contract import (  # noqa: F401 — fixtures are found by name
     standalone_host,
     webui_host,
 )
-from tests.trainer_fixtures import tiny_sd1  # noqa: F401
+from tests.trainer_fixtures import single_torch_thread, tiny_sd1  # noqa: F401
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 class TestHostContract(HostContract):

@@ -15,22 +15,10 @@ from PIL import Image
 from lib_trainer.hosts.base import CheckpointInfo, HostError, LoraSpec, Txt2ImgRequest
 from lib_trainer.hosts.standalone import StandaloneHost, safetensors_data_hash
 from tests.host_contract import contract_lora, pixels  # noqa: F401 — fixture found by name
-from tests.trainer_fixtures import make_config, tiny_sd1, train  # noqa: F401
+from tests.trainer_fixtures import fast_trainer, make_config, tiny_sd1, train  # noqa: F401
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast():
-    import torch
-
-    from lib_trainer.trainer.train import Trainer
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "EVAL_PICTURES", 1)
-        mp.setattr(Trainer, "EVAL_TIMESTEPS", (500,))
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fast_trainer")
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer_fixtures import load_lora, make_config, make_dataset, train
+from tests.trainer_fixtures import load_lora, make_config, make_dataset, single_torch_thread, train  # noqa: F401
 from tests.webui_keymap import webui_dropped_keys, webui_network_layer_names, webui_unapplied_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ("sd1", "sd2-v", "sdxl")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The tiny models' ops are so small that thread hand-offs dominate on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ the helpers directly:
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -145,16 +146,37 @@ def tiny_sd1(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def fast_trainer():
+@contextlib.contextmanager
+def one_torch_thread():
+    """The tiny models' ops are so small that thread hand-offs dominate on a shared 2-core machine."""
     import torch
-
-    from lib_trainer.trainer.train import Trainer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def fast_training():
+    """One torch thread and a one-picture, one-timestep checkpoint score: tiny runs in seconds."""
+    from lib_trainer.trainer.train import Trainer
+
+    with one_torch_thread(), pytest.MonkeyPatch.context() as mp:
         mp.setattr(Trainer, "EVAL_PICTURES", 1)
         mp.setattr(Trainer, "EVAL_TIMESTEPS", (500,))
         yield
-    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def fast_trainer():
+    with fast_training():
+        yield
