@@ -17,6 +17,15 @@ def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
     return buf.getvalue()
 
 
+def save_picture(path, im: Image.Image, **kwargs):
+    """Save ``im`` at ``path`` (folders made; PNGs with fast compression); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".png":
+        kwargs.setdefault("compress_level", 1)
+    im.save(path, **kwargs)
+    return path
+
+
 def noise(size: Tuple[int, int] = (320, 240), seed: int = 0) -> Image.Image:
     """A photo-like picture: smooth random colour blobs (compresses like a photo, unique per seed)."""
     rng = np.random.default_rng(seed)

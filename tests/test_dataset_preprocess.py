@@ -25,15 +25,7 @@ from lib_trainer.dataset.preprocess import (
     validate_target,
 )
 from lib_trainer.trainer.buckets import assign_bucket, make_buckets
-from tests.dataset_corpus import exif_rotated_jpeg, noise
-
-
-def _save(path, im, **kwargs):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".png":
-        kwargs.setdefault("compress_level", 1)
-    im.save(path, **kwargs)
-    return path
+from tests.dataset_corpus import exif_rotated_jpeg, noise, save_picture
 
 
 def _snapshot(folder):
@@ -61,9 +53,9 @@ def _no_faces(_image):
 @pytest.fixture()
 def source(tmp_path):
     src = tmp_path / "v1" / "dataset" / "source"
-    _save(src / "wide.png", noise((1024, 512), 1))
-    _save(src / "tall.jpg", noise((600, 900), 2), quality=90)
-    _save(src / "small.png", noise((200, 150), 3))
+    save_picture(src / "wide.png", noise((1024, 512), 1))
+    save_picture(src / "tall.jpg", noise((600, 900), 2), quality=90)
+    save_picture(src / "small.png", noise((200, 150), 3))
     (src / "rotated.jpg").write_bytes(exif_rotated_jpeg())
     (src / "wide.txt").write_text("sks dog, grass", encoding="utf-8")
     (src / "tall.caption").write_bytes("\ufeffsks dog, standing\r\n".encode("utf-8"))
@@ -134,7 +126,7 @@ def test_center_crop_takes_the_middle(tmp_path):
     im = Image.new("RGB", (1024, 512), (255, 0, 0))
     im.paste((0, 0, 255), (512, 0, 1024, 512))
     im.paste((0, 255, 0), (0, 0, 100, 512))  # the left edge is cut away
-    _save(src / "halves.png", im)
+    save_picture(src / "halves.png", im)
     preprocess(src, tmp_path / "train", repeats=1, concept="x", options=PreprocessOptions(), face_detector=_no_faces)
     with Image.open(tmp_path / "train" / "1_x" / "halves.png") as out:
         out = out.convert("RGB")
@@ -143,7 +135,7 @@ def test_center_crop_takes_the_middle(tmp_path):
 
 def test_focal_crop_moves_toward_the_busy_region(tmp_path):
     src = tmp_path / "source"
-    _save(src / "patch.png", _off_centre_patch())
+    save_picture(src / "patch.png", _off_centre_patch())
     options = PreprocessOptions(crop="focal")
     preprocess(src, tmp_path / "train", repeats=1, concept="x", options=options, face_detector=_no_faces)
     with Image.open(tmp_path / "train" / "1_x" / "patch.png") as out:
@@ -160,7 +152,7 @@ def test_focal_crop_moves_toward_the_busy_region(tmp_path):
 
 def test_focal_crop_prefers_faces(tmp_path):
     src = tmp_path / "source"
-    _save(src / "face.png", _off_centre_patch(patch_x=1100))
+    save_picture(src / "face.png", _off_centre_patch(patch_x=1100))
 
     def face_on_the_left(image):
         w, h = image.size
@@ -179,7 +171,7 @@ def test_extra_face_crops_through_an_injected_detector(tmp_path):
     src = tmp_path / "source"
     im = Image.new("RGB", (1200, 900), (40, 40, 40))
     im.paste((250, 200, 150), (700, 200, 900, 440))  # the "face": 200×240 at (700, 200)
-    _save(src / "person.png", im)
+    save_picture(src / "person.png", im)
     calls = []
 
     def detector(image):
@@ -276,7 +268,7 @@ def test_rerun_is_idempotent_and_cleans_up(source, tmp_path):
     assert sorted(fourth.written) == ["rotated.jpg", "small.png", "tall.jpg"]
     assert _files(out) == ["rotated.jpg", "small.png", "tall.jpg", "tall.txt"]
     # A source picture changed: only it is redone.
-    _save(source / "small.png", noise((200, 150), 99))
+    save_picture(source / "small.png", noise((200, 150), 99))
     fifth = preprocess(source, train, repeats=5, concept="d", options=PreprocessOptions(flip=False),
                        face_detector=_no_faces)
     assert fifth.written == ["small.png"] and len(fifth.unchanged) == 2
@@ -294,7 +286,7 @@ def test_rerun_is_idempotent_and_cleans_up(source, tmp_path):
 
 def test_files_someone_put_in_the_output_folder_are_left_alone(source, tmp_path):
     out = tmp_path / "train" / "1_d"
-    _save(out / "mine.png", noise((512, 512), 7))
+    save_picture(out / "mine.png", noise((512, 512), 7))
     (out / "notes.md").write_text("keep me")
     preprocess(source, tmp_path / "train", repeats=1, concept="d", face_detector=_no_faces)
     preprocess(source, tmp_path / "train", repeats=1, concept="d", options=PreprocessOptions(flip=True),
@@ -344,11 +336,11 @@ def test_unreadable_sources_are_named_and_their_old_outputs_removed(source, tmp_
 
 def test_unicode_and_clashing_names(tmp_path):
     src = tmp_path / "source"
-    _save(src / "可爱的狗 01.png", noise((600, 600), 1))
-    _save(src / "a.png", noise((600, 600), 2))
-    _save(src / "A.jpg", noise((600, 600), 3))
-    _save(src / "b.png", noise((600, 600), 4))
-    _save(src / "b_flip.png", noise((600, 600), 5))
+    save_picture(src / "可爱的狗 01.png", noise((600, 600), 1))
+    save_picture(src / "a.png", noise((600, 600), 2))
+    save_picture(src / "A.jpg", noise((600, 600), 3))
+    save_picture(src / "b.png", noise((600, 600), 4))
+    save_picture(src / "b_flip.png", noise((600, 600), 5))
     (src / "可爱的狗 01.txt").write_text("可爱, 狗", encoding="utf-8")
     preprocess(src, tmp_path / "train", repeats=1, concept="狗", options=PreprocessOptions(flip=True, image_format="png"),
                face_detector=_no_faces)
@@ -382,7 +374,7 @@ def test_progress_stop_and_resume(source, tmp_path):
 def test_jpeg_output_and_background(tmp_path):
     src = tmp_path / "source"
     rgba = Image.new("RGBA", (512, 512), (255, 0, 0, 0))
-    _save(src / "clear.png", rgba)
+    save_picture(src / "clear.png", rgba)
     options = PreprocessOptions(image_format="jpg", background="black")
     preprocess(src, tmp_path / "train", repeats=1, concept="j", options=options, face_detector=_no_faces)
     with Image.open(tmp_path / "train" / "1_j" / "clear.jpg") as out:
@@ -418,7 +410,7 @@ def test_without_opencv_focal_crop_still_works(monkeypatch, tmp_path):
     monkeypatch.setattr(prep, "_cv2", lambda: None)
     assert detect_faces(noise((640, 480), 1)) == [] and haar_cascade_path() is None
     src = tmp_path / "source"
-    _save(src / "patch.png", _off_centre_patch())
+    save_picture(src / "patch.png", _off_centre_patch())
     result = preprocess(src, tmp_path / "train", repeats=1, concept="n", options=PreprocessOptions(crop="focal"))
     assert result.written == ["patch.png"]
 
@@ -431,7 +423,7 @@ def test_default_face_detector_runs_in_focal_mode(source, tmp_path):
 def test_the_upscaler_is_never_called_twice_at_once(tmp_path):
     src = tmp_path / "source"
     for i in range(6):
-        _save(src / f"s{i}.png", noise((120, 100), 600 + i))
+        save_picture(src / f"s{i}.png", noise((120, 100), 600 + i))
     active = []
     overlaps = []
     lock = threading.Lock()
@@ -463,7 +455,7 @@ def test_a_second_folder_of_the_same_concept_is_pointed_out(source, tmp_path):
 
 def test_resampling_choice(tmp_path):
     src = tmp_path / "source"
-    _save(src / "big.png", noise((1024, 1024), 9))
+    save_picture(src / "big.png", noise((1024, 1024), 9))
     area = preprocess(src, tmp_path / "a", repeats=1, concept="r", face_detector=_no_faces)
     lanczos = preprocess(src, tmp_path / "l", repeats=1, concept="r", options=PreprocessOptions(resample="lanczos"),
                          face_detector=_no_faces)

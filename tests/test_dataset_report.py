@@ -19,15 +19,7 @@ from lib_trainer.dataset.report import (
     split_caption,
 )
 from lib_trainer.trainer.buckets import assign_bucket, make_buckets
-from tests.dataset_corpus import encode, noise
-
-
-def _save(path, im, **kwargs):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".png":
-        kwargs.setdefault("compress_level", 1)
-    im.save(path, **kwargs)
-    return path
+from tests.dataset_corpus import encode, noise, save_picture
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +29,11 @@ def dataset(tmp_path_factory):
     src = tmp_path_factory.mktemp("report") / "source"
     for i in range(8):
         size = (768, 1024) if i % 2 else (1024, 768)
-        _save(src / f"photo{i}.png", noise(size, seed=i))
-    _save(src / "photo0 copy.jpg", noise((1024, 768), seed=0).resize((640, 480)), quality=80)
-    _save(src / "small1.png", noise((300, 400), seed=20))
-    _save(src / "small2.png", noise((480, 480), seed=21))
-    _save(src / "panorama.png", noise((1500, 500), seed=22))
+        save_picture(src / f"photo{i}.png", noise(size, seed=i))
+    save_picture(src / "photo0 copy.jpg", noise((1024, 768), seed=0).resize((640, 480)), quality=80)
+    save_picture(src / "small1.png", noise((300, 400), seed=20))
+    save_picture(src / "small2.png", noise((480, 480), seed=21))
+    save_picture(src / "panorama.png", noise((1500, 500), seed=22))
     (src / "broken.jpg").write_bytes(encode(noise((640, 480), 23), "JPEG")[:3000])
     for i in range(4):
         (src / f"photo{i}.txt").write_text("sks dog, grass, " + ("blue eyes" if i < 2 else "sitting"), encoding="utf-8")
@@ -125,8 +117,8 @@ def test_json_and_markdown(dataset):
 def test_train_folder_with_concept_folders(tmp_path):
     train = tmp_path / "train"
     for i in range(3):
-        _save(train / "10_sks dog" / f"{i}.png", noise((512, 512), seed=100 + i))
-    _save(train / "2_style" / "a.png", noise((512, 768), seed=110))
+        save_picture(train / "10_sks dog" / f"{i}.png", noise((512, 512), seed=100 + i))
+    save_picture(train / "2_style" / "a.png", noise((512, 768), seed=110))
     (train / "5_empty").mkdir()
     report = build_report(train, 512)
     assert report.pictures == 4
@@ -148,9 +140,9 @@ def test_empty_and_missing_folder(tmp_path):
 
 
 def test_batch_size_advice_and_few_pictures(tmp_path):
-    _save(tmp_path / "a.png", noise((512, 512), 1))
-    _save(tmp_path / "b.png", noise((512, 512), 2))
-    _save(tmp_path / "c.png", noise((512, 1024), 3))
+    save_picture(tmp_path / "a.png", noise((512, 512), 1))
+    save_picture(tmp_path / "b.png", noise((512, 512), 2))
+    save_picture(tmp_path / "c.png", noise((512, 1024), 3))
     report = build_report(tmp_path, 512, batch_size=2)
     text = "\n".join(report.advice)
     assert "Only 3 pictures" in text
