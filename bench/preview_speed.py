@@ -30,17 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-_DEPS = Path(os.environ.get("TRAIN_TOOLS_DEPS_DIR", ROOT / "trainer_deps"))
-if _DEPS.is_dir() and str(_DEPS) not in sys.path:
-    sys.path.insert(1, str(_DEPS))
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import bench_env  # noqa: F401,E402  (paths and offline settings before any of our imports)
 
 GOAL_PCT = 5.0
 

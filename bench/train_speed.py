@@ -48,18 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-_DEPS = Path(os.environ.get("TRAIN_TOOLS_DEPS_DIR", ROOT / "trainer_deps"))
-if _DEPS.is_dir() and str(_DEPS) not in sys.path:
-    sys.path.insert(1, str(_DEPS))
-
-# As the trainer's own entry point does: nothing is ever downloaded, libraries stay quiet.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import bench_env  # noqa: F401,E402  (paths and offline settings before any of our imports)
 
 PRESETS = ("cpu-tiny", "gpu")
 DATASET_IMAGES = 4  # pictures in the generated dataset (repeats 1): batch 4 is one step per epoch
