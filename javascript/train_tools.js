@@ -4,6 +4,9 @@
 //    never-ending request per page with the inputs it started with).
 //  - trainTools.sendToTxt2img(prompt): add a prompt to the WebUI's txt2img prompt box and switch to txt2img.
 //    Outside the WebUI (the standalone app) there is no such box: it returns false and the tab shows the prompt.
+//  - Dropping files on #train_tools_drop_zone hands them to the upload button's file input (gradio 3.41's upload
+//    button has no drop target, and its File component loses uploads, see dataset_panel.py); while they are sent,
+//    the zone says "Uploading N files…" (data-train-tools-note, shown by style.css) until the import starts.
 // The WebUI loads this file by itself; the tab also runs it on load (for the standalone app), so it must be
 // harmless to run twice.
 (function () {
@@ -23,10 +26,86 @@
         return element !== null && element.offsetParent !== null;
     }
 
+    const NOTE = "data-train-tools-note";
+
+    function dropZone(event) {
+        const path = event.composedPath ? event.composedPath() : [event.target];
+        for (const node of path) {
+            if (node && node.id === "train_tools_drop_zone") {
+                return node;
+            }
+        }
+        return null;
+    }
+
+    function carriesFiles(event) {
+        return !!event.dataTransfer && Array.from(event.dataTransfer.types || []).includes("Files");
+    }
+
+    function showUploading(zone, count) {
+        const template = trainTools.strings.uploading || "Uploading {n} files…";
+        zone.setAttribute(NOTE, template.replace("{n}", String(count)));
+        // The note goes when the import starts (gradio shows its progress in the import message) or has ended
+        // (the message says something new); other events may rewrite the message meanwhile.
+        const message = root().querySelector("#train_tools_import_message");
+        if (!message || typeof MutationObserver !== "function") {
+            return;
+        }
+        const before = message.textContent.trim();
+        const observer = new MutationObserver(function () {
+            const now = message.textContent.trim();
+            if (message.querySelector(".wrap:not(.hide)") || (now && now !== before)) {
+                zone.removeAttribute(NOTE);
+                observer.disconnect();
+            }
+        });
+        observer.observe(message, {childList: true, subtree: true, characterData: true, attributes: true});
+    }
+
+    document.addEventListener("dragover", function (event) {
+        const zone = dropZone(event);
+        if (zone && carriesFiles(event)) {
+            event.preventDefault();
+            event.dataTransfer.dropEffect = "copy";
+            zone.classList.add("train_tools_dragover");
+        }
+    });
+    document.addEventListener("dragleave", function (event) {
+        const zone = dropZone(event);
+        if (zone && !zone.contains(event.relatedTarget)) {
+            zone.classList.remove("train_tools_dragover");
+        }
+    });
+    document.addEventListener("drop", function (event) {
+        const zone = dropZone(event);
+        if (!zone || !carriesFiles(event)) {
+            return;
+        }
+        event.preventDefault(); // not opened by the browser
+        event.stopPropagation(); // nor handled by the WebUI's own drop handler (it expects a prompt box)
+        zone.classList.remove("train_tools_dragover");
+        const input = zone.querySelector("input[type=file]");
+        if (input && event.dataTransfer.files.length) {
+            input.files = event.dataTransfer.files;
+            input.dispatchEvent(new Event("change", {bubbles: true}));
+        }
+    });
+    document.addEventListener("change", function (event) {
+        const zone = dropZone(event);
+        const input = event.target;
+        if (zone && input && input.type === "file" && input.files && input.files.length) {
+            showUploading(zone, input.files.length);
+        }
+    }, true);
+
     const trainTools = {
         poller: null,
+        strings: {},
 
-        install: function (ms) {
+        install: function (ms, strings) {
+            if (strings) {
+                trainTools.strings = strings;
+            }
             if (trainTools.poller !== null) {
                 return;
             }

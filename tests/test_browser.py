@@ -26,6 +26,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from lib_trainer.demo import draw_dataset
+from tests.browser_support import drop_files
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
@@ -181,8 +182,10 @@ def test_a_newcomer_trains_a_lora_in_the_browser(app, pictures, page):
     tab.contains("train_tools_dataset_report", "No pictures yet")
     tab.shot("project_created")
 
-    # Upload: three pictures and a broken file, which the report names
-    page.set_input_files("#train_tools_upload input[type=file]", pictures)
+    # Upload (the button's file dialog): three pictures and a broken file, which the report names
+    with page.expect_file_chooser() as chooser:
+        tab.el("train_tools_upload").click()
+    chooser.value.set_files(pictures)
     tab.contains("train_tools_import_message", "broken.png", timeout=60_000)
     tab.contains("train_tools_import_message", "3 pictures imported")
     tab.contains("train_tools_dataset_report", "3 pictures")
@@ -302,3 +305,58 @@ def test_a_newcomer_trains_a_lora_in_the_browser(app, pictures, page):
     tab.contains("train_tools_checkpoints_message", "the others are in the trash", timeout=30_000)
     assert len(list((version / "checkpoints").glob("*.safetensors"))) == 1
     tab.shot("kept_one")
+
+
+def noise_pictures(folder: Path, count: int, size: int) -> list[Path]:
+    """Pictures that do not compress (so that sending them takes a while on a slow link)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(count):
+        path = folder / f"noise_{i}.png"
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_uploads_on_a_slow_link_right_after_creating_a_project(app, page, tmp_path):
+    """Pictures dropped at once after "Create project", sent over a slow link while the progress poll answers
+    every few seconds, are all imported (gradio 3.41's File component lost such uploads without a word); and
+    picking another project whose version is also "v1" shows that project's pictures."""
+    tab = Tab(page)
+    tab.shots = 40
+    slow = noise_pictures(tmp_path / "noise", 3, 400)
+    assert sum(p.stat().st_size for p in slow) > 1_200_000  # ≥ 4 s at 300 kB/s: the poll answers meanwhile
+    page.goto(app["url"])
+    page.wait_for_selector("#train_tools_project", timeout=60_000)
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 20, "downloadThroughput": 10_000_000,
+                                                  "uploadThroughput": 300_000})
+    zone = tab.el("train_tools_drop_zone")
+    for name in ("slow one", "slow two"):  # the second: a new "v1" after a "v1"
+        tab.text("train_tools_new_project_name", name)
+        tab.el("train_tools_create_project").click()
+        tab.contains("train_tools_project_message", name)
+        drop_files(page, tab.el("train_tools_upload"), slow)
+        expect(zone).to_have_attribute("data-train-tools-note", "Uploading 3 files…", timeout=5_000)
+        tab.shot("slow_upload_" + name.split()[1])
+        tab.contains("train_tools_import_message", "3 pictures imported", timeout=60_000)
+        tab.contains("train_tools_dataset_report", "3 pictures")
+        expect(zone).not_to_have_attribute("data-train-tools-note", re.compile(".*"))
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
+                                                  "uploadThroughput": -1})
+    for name in ("slow one", "slow two"):
+        source = app["workspace"] / "projects" / name / "versions" / "v1" / "dataset" / "source"
+        assert sorted(p.name for p in source.glob("*.png")) == ["noise_0.png", "noise_1.png", "noise_2.png"]
+
+    # A project without pictures, then back to one with: both are "v1", the panels follow the project
+    tab.text("train_tools_new_project_name", "empty one")
+    tab.el("train_tools_create_project").click()
+    tab.contains("train_tools_dataset_report", "No pictures yet")
+    tab.choose("train_tools_project", "slow one")
+    tab.contains("train_tools_dataset_report", "3 pictures")
+    tab.shot("picked_back")

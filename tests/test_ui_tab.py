@@ -50,7 +50,7 @@ def test_load_installs_the_poller_and_selects_a_version(tmp_path):
     loads = [d for d in dependencies(blocks) if any(event == "load" for _, event in targets(d))]
     scripts = [d.get("js") for d in loads if d.get("js")]
     assert len(loads) == 2 and len(scripts) == 1
-    assert "trainTools" in scripts[0] and "install(3000)" in scripts[0]
+    assert "trainTools" in scripts[0] and "install(3000, " in scripts[0] and "Uploading {n} files" in scripts[0]
     assert "train_tools_poll" in tab.install_js(2)  # the file itself is in the script
     project, version = tab.on_load(ctx)
     assert project["value"] == "可爱的狗" and version["value"] == "v1"
@@ -123,16 +123,85 @@ def test_the_tab_in_chinese(tmp_path):
         set_language(None)
 
 
-def test_creating_a_project_refreshes_every_panel_even_when_the_version_name_stays_v1(tmp_path):
-    # A new project's first version is "v1" like the current one: the version's change event does not fire, so
-    # the create (and rename, delete, restore) events must refresh the panels themselves.
+class Wired:
+    """The tab's events as the page calls them: find one by its trigger, call its Python function, read its
+    outputs by element id."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+        self.ids = {b._id: b.elem_id for b in blocks.blocks.values()}
+        self.deps = dependencies(blocks)
+
+    def find(self, elem_id, event):
+        found = [(i, d) for i, d in enumerate(self.deps)
+                 if any(self.ids.get(block) == elem_id and name == event for block, name in targets(d))]
+        assert len(found) == 1, (elem_id, event, len(found))
+        return found[0]
+
+    def call(self, elem_id, event, *inputs):
+        index, dep = self.find(elem_id, event)
+        fns = self.blocks.fns
+        fn = fns[dep.get("id", index)].fn if isinstance(fns, dict) else fns[index].fn
+        outputs = fn(*inputs)
+        assert len(outputs) == len(dep["outputs"])
+        return {self.ids.get(o) or f"#{n}": v for n, (o, v) in enumerate(zip(dep["outputs"], outputs))}, outputs
+
+    def output_ids(self, elem_id, event):
+        return [self.ids.get(o) for o in self.find(elem_id, event)[1]["outputs"]]
+
+
+def is_unchanged(update):
+    return isinstance(update, dict) and set(update) <= {"__type__"}
+
+
+def test_every_action_that_changes_the_selection_refreshes_the_panels_in_the_same_event(tmp_path):
+    # Not in a follow-up event: a new project's "v1" fires no change of the version dropdown, and a separate
+    # refresh can answer after an upload sent right after "Create project" and put back the empty report.
     ctx = make_context(tmp_path)
-    blocks = build_tab(ctx)
-    ids = {b._id: b.elem_id for b in blocks.blocks.values()}
-    deps = dependencies(blocks)
-    create = next(i for i, d in enumerate(deps)
-                  if any(ids.get(block) == "train_tools_create_project" for block, _ in targets(d)))
-    followers = [d for d in deps if d.get("trigger_after") == create]
-    assert followers, "nothing runs after Create project"
-    refreshed = {ids.get(o) for d in followers for o in d["outputs"]}
-    assert {"train_tools_dataset_report", "train_tools_gallery", "train_tools_checkpoints_table"} <= refreshed
+    wired = Wired(build_tab(ctx))
+    for elem_id, event in (("train_tools_create_project", "click"), ("train_tools_project", "change"),
+                           ("train_tools_version", "change"), ("train_tools_refresh_projects", "click"),
+                           ("train_tools_create_version", "click"), ("train_tools_clone_version", "click"),
+                           ("train_tools_rename_project", "click"), ("train_tools_rename_version", "click"),
+                           ("train_tools_delete_confirm", "click"), ("train_tools_restore", "click")):
+        outputs = set(wired.output_ids(elem_id, event))
+        assert {"train_tools_dataset_report", "train_tools_gallery", "train_tools_checkpoints_table",
+                "train_tools_import_message"} <= outputs, elem_id
+
+
+def test_picking_another_project_with_the_same_version_name_shows_its_files(tmp_path):
+    from tests.ui_support import pictures
+
+    ctx = make_context(tmp_path)
+    dog = ctx.workspace.create_project("dog").versions()[0]
+    pictures(dog.source_dir, 2)
+    ctx.workspace.create_project("cat")
+    wired = Wired(build_tab(ctx))
+
+    # Creating "bird" selects it and shows it at once (shown: the panels showed "dog" before)
+    by_id, outputs = wired.call("train_tools_create_project", "click", "bird", {}, ["dog", "v1"])
+    assert by_id["train_tools_project"]["value"] == "bird" and by_id["train_tools_version"]["value"] == "v1"
+    assert "No pictures yet" in by_id["train_tools_dataset_report"]
+    assert outputs[-1] == ["bird", "v1"] and outputs[-2] == {}  # shown; seen reset so the next poll sends all
+
+    # The project dropdown's change that echoes the create does nothing more
+    by_id, outputs = wired.call("train_tools_project", "change", "bird", "v1", {"x": 1}, ["bird", "v1"])
+    assert is_unchanged(by_id["train_tools_dataset_report"]) and outputs[-2:] == [{"x": 1}, ["bird", "v1"]]
+
+    # Picking "dog": still "v1", so the version dropdown fires no change; the project's change shows dog's files
+    by_id, outputs = wired.call("train_tools_project", "change", "dog", "v1", {"x": 1}, ["bird", "v1"])
+    assert by_id["train_tools_version"]["value"] == "v1"
+    assert "**2** pictures" in by_id["train_tools_dataset_report"] and outputs[-1] == ["dog", "v1"]
+
+    # The version's change refreshes only what is not shown yet
+    by_id, _ = wired.call("train_tools_version", "change", "dog", "v1", {}, ["dog", "v1"])
+    assert is_unchanged(by_id["train_tools_dataset_report"])
+    by_id, _ = wired.call("train_tools_version", "change", "cat", "v1", {}, ["dog", "v1"])
+    assert "No pictures yet" in by_id["train_tools_dataset_report"]
+
+    # A failed action changes nothing; "Refresh" always refreshes
+    by_id, outputs = wired.call("train_tools_create_project", "click", "a/b", {"x": 1}, ["dog", "v1"])
+    assert "train_tools_msg_error" in by_id["train_tools_project_message"]
+    assert is_unchanged(by_id["train_tools_dataset_report"]) and outputs[-1] == ["dog", "v1"]
+    by_id, _ = wired.call("train_tools_refresh_projects", "click", "dog", "v1", {}, ["dog", "v1"])
+    assert "**2** pictures" in by_id["train_tools_dataset_report"]

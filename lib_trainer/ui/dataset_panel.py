@@ -23,6 +23,7 @@ CROP_CHOICES = compat.Choices(("center", "focal", "none"), lambda v: {
     "center": tr("Center crop"), "focal": tr("Focal crop (faces, then the busiest part)"),
     "none": tr("No crop (keep the shape, train with buckets)")}[v])
 BUILT_IN_UPSCALER = "Lanczos"
+UPLOAD_TYPES = ["image", ".zip", ".txt", ".caption", ".webp", ".tif", ".tiff", ".bmp"]
 
 _reports: Dict[tuple, str] = {}
 _reports_lock = threading.Lock()
@@ -262,10 +263,12 @@ def on_apply_repeats(ctx: UIContext, project: Optional[str], version_name: Optio
 def build(ctx: UIContext, project: Any, version: Any, preset: Any = None) -> DatasetPanel:
     gr.Markdown(tr("### 1. Pictures"))
     with gr.Row():
-        with gr.Column(scale=3):
-            upload = gr.File(label=tr("Drop pictures or .zip files here (many at once)"), file_count="multiple",
-                             file_types=["image", ".zip", ".txt", ".caption", ".webp", ".tif", ".tiff", ".bmp"],
-                             elem_id="train_tools_upload")
+        # An upload button inside a drop zone (javascript/train_tools.js hands dropped files to its file input),
+        # not gr.File: gradio 3.41's File drops an upload without a word when any event's answer reaches the page
+        # while the files are still being sent (the progress poll answers every few seconds).
+        with gr.Column(scale=3, elem_id="train_tools_drop_zone"):
+            upload = gr.UploadButton(tr("Drop pictures or .zip files here, or click to choose them (many at once)"),
+                                     file_count="multiple", file_types=UPLOAD_TYPES, elem_id="train_tools_upload")
         with gr.Column(scale=2):
             folder = gr.Textbox(label=tr("…or a folder on the server"), placeholder="/path/to/pictures",
                                 elem_id="train_tools_import_folder")

@@ -1,13 +1,16 @@
 """The project / version bar: pick, create, clone, rename, delete (to the trash) and restore.
 
 The callbacks are plain functions of the context and the selected names; they return gradio updates, so the
-tests call them directly. Changing the version dropdown is what refreshes the rest of the tab (wired in tab.py).
+tests call them directly. Every action that can change the selection is handed to tab.py as a
+:class:`SelectionAction`, which runs it and refreshes every panel in the same event: a new project's "v1" fires no
+change of the version dropdown, and a separate refresh could answer after an upload sent right away and wipe its
+message.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import gradio as gr
 
@@ -17,6 +20,30 @@ from lib_trainer.ui import compat, messages
 from lib_trainer.ui.context import UIContext
 
 Updates = Tuple[Any, ...]
+
+
+Selected = Optional[Tuple[Optional[str], Optional[str]]]
+
+
+def selection_after(inputs: Tuple[Any, ...], updates: Updates) -> Selected:
+    """The (project, version) that updates of (project, version, …) select; None when they select nothing (the
+    updates carry no value, e.g. after an error)."""
+    if not any(isinstance(u, dict) and "value" in u for u in updates[:2]):
+        return None
+    return tuple(u.get("value") if isinstance(u, dict) else u for u in updates[:2])  # type: ignore[return-value]
+
+
+@dataclass
+class SelectionAction:
+    """An event of the bar after which the selection may be new: ``fn(*inputs)`` returns updates for ``outputs``;
+    ``selected(inputs, updates)`` says what they select (by default the values of the first two outputs, the
+    project and the version dropdowns). ``force``: refresh the panels even when that selection is already shown."""
+    listener: Callable[..., Any]
+    fn: Callable[..., Updates]
+    inputs: List[Any]
+    outputs: List[Any]
+    force: bool = True
+    selected: Callable[[Tuple[Any, ...], Updates], Selected] = selection_after
 
 
 @dataclass
@@ -32,9 +59,8 @@ class ProjectBar:
     confirm_text: Any
     pending: Any
     trash: Any
-    #: Events after which the selected project/version may be new although the version name is the same ("v1" of
-    #: a new project): the tab refreshes every panel after them, since the version's change event does not fire.
-    selection_events: List[Any] = field(default_factory=list)
+    #: What can change the selection; tab.py wires each with the refresh of every panel.
+    actions: List[SelectionAction] = field(default_factory=list)
 
 
 def next_version_name(existing: List[str]) -> str:
@@ -220,32 +246,36 @@ def build(ctx: UIContext) -> ProjectBar:
     bar = ProjectBar(project, version, refresh, message, new_project, new_version, rename_to, confirm_row,
                      confirm_text, pending, trash)
     selection = [project, version, message]
-    project.change(lambda p, v: on_project_change(ctx, p, v), [project, version], [version], queue=False,
-                   show_progress=compat.HIDDEN)
-    refresh.click(lambda p, v: on_refresh(ctx, p, v), [project, version], selection + [trash], queue=False)
-    bar.selection_events += [
-        create_project.click(lambda n: on_create_project(ctx, n), [new_project], selection + [new_project])]
-    create_version.click(lambda p, v, n: on_create_version(ctx, p, v, n, False), [project, version, new_version],
-                         selection + [new_version])
-    clone_version.click(lambda p, v, n: on_create_version(ctx, p, v, n, True), [project, version, new_version],
-                        selection + [new_version])
-    bar.selection_events.append(
-        rename_project.click(lambda p, v, n: on_rename(ctx, "project", p, v, n), [project, version, rename_to],
-                             selection + [rename_to]))
-    rename_version.click(lambda p, v, n: on_rename(ctx, "version", p, v, n), [project, version, rename_to],
-                         selection + [rename_to])
+
+    def action(listener, fn, inputs, outputs):
+        bar.actions.append(SelectionAction(listener, fn, inputs, outputs))
+
+    # Picking a project; also fired by the actions below that set it, whose panels are then shown already.
+    bar.actions.append(SelectionAction(project.change, lambda p, v: (on_project_change(ctx, p, v),),
+                                       [project, version], [version], force=False,
+                                       selected=lambda args, updates: (args[0], updates[0].get("value"))))
+    action(refresh.click, lambda p, v: on_refresh(ctx, p, v), [project, version], selection + [trash])
+    action(create_project.click, lambda n: on_create_project(ctx, n), [new_project], selection + [new_project])
+    action(create_version.click, lambda p, v, n: on_create_version(ctx, p, v, n, False),
+           [project, version, new_version], selection + [new_version])
+    action(clone_version.click, lambda p, v, n: on_create_version(ctx, p, v, n, True),
+           [project, version, new_version], selection + [new_version])
+    action(rename_project.click, lambda p, v, n: on_rename(ctx, "project", p, v, n),
+           [project, version, rename_to], selection + [rename_to])
+    action(rename_version.click, lambda p, v, n: on_rename(ctx, "version", p, v, n),
+           [project, version, rename_to], selection + [rename_to])
+    action(confirm.click, lambda pend: on_delete_confirm(ctx, pend), [pending],
+           selection + [confirm_row, pending, trash])
+    action(restore.click, lambda t, p, v: on_restore(ctx, t, p, v), [trash, project, version], selection + [trash])
+
     delete_project.click(lambda p, v: on_delete_request("project", p, v), [project, version],
                          [confirm_row, confirm_text, pending, message], queue=False)
     delete_version.click(lambda p, v: on_delete_request("version", p, v), [project, version],
                          [confirm_row, confirm_text, pending, message], queue=False)
-    bar.selection_events.append(confirm.click(lambda pend: on_delete_confirm(ctx, pend), [pending],
-                                              selection + [confirm_row, pending, trash]))
     cancel.click(on_delete_cancel, None, [confirm_row, pending, message], queue=False)
-    bar.selection_events.append(
-        restore.click(lambda t, p, v: on_restore(ctx, t, p, v), [trash, project, version], selection + [trash]))
     return bar
 
 
-__all__ = ["ProjectBar", "build", "next_version_name", "on_create_project", "on_create_version", "on_rename",
+__all__ = ["ProjectBar", "SelectionAction", "selection_after", "build", "next_version_name", "on_create_project", "on_create_version", "on_rename",
            "on_delete_request", "on_delete_confirm", "on_restore", "on_project_change", "on_refresh",
            "trash_choices"]

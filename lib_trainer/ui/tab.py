@@ -3,7 +3,9 @@
 ``build_tab(ctx)`` returns a ``gr.Blocks`` that the WebUI's ``on_ui_tabs`` and the standalone app render. How the
 parts talk:
 
-* picking a version (the version dropdown's change) refreshes every panel from that version's files;
+* picking a project or a version, and every action of the project bar, refreshes every panel from the selected
+  version's files in the same event (``shown`` remembers which version that is, so the change events that echo an
+  action do not do it twice);
 * on page load the tab selects the version that is training (else the one last picked) — so a reload finds a
   running training again — and installs the progress poller (javascript/train_tools.js);
 * the poller presses the hidden-in-plain-sight "Refresh progress" button every few seconds; :func:`poll` answers
@@ -11,6 +13,7 @@ parts talk:
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -26,14 +29,15 @@ CSS_FILE = Path(__file__).resolve().parents[2] / "style.css"
 
 
 def install_js(poll_seconds: float) -> str:
-    """The load event's JavaScript: define window.trainTools (the WebUI may have loaded it already) and start
-    the poller."""
+    """The load event's JavaScript: define window.trainTools (the WebUI may have loaded it already), start the
+    poller and hand it the translated words it shows."""
     try:
         source = JS_FILE.read_text(encoding="utf-8")
     except OSError:
         source = ""
+    strings = json.dumps({"uploading": tr("Uploading {n} files…")}, ensure_ascii=False)
     return ("() => {\n" + source + "\nif (window.trainTools) { window.trainTools.install(" +
-            str(int(max(0.5, poll_seconds) * 1000)) + "); }\nreturn [];\n}")
+            str(int(max(0.5, poll_seconds) * 1000)) + ", " + strings + "); }\nreturn [];\n}")
 
 
 def css() -> str:
@@ -106,27 +110,46 @@ def build_tab(ctx: UIContext) -> gr.Blocks:
                             elem_id="train_tools_checkpoints_tab"):
                     checkpoints = checkpoints_panel.build(ctx, project, version)
         seen = gr.State({})
+        shown = gr.State(None)  # the [project, version] whose files the panels show
 
-        # Picking a version shows it everywhere.
-        def refresh_all(p, v):
-            ctx.remember(p, v)
-            return (list(dataset_panel.on_refresh(ctx, p, v)) + list(captions_panel.on_refresh(ctx, p, v)) +
-                    list(train_panel.on_refresh(ctx, p, v)) + list(checkpoints_panel.on_refresh(ctx, p, v)) + [{}])
-
-        all_outputs = (dataset.refresh_outputs() + captions.refresh_outputs() + train.refresh_outputs() +
-                       checkpoints.refresh_outputs() + [seen])
+        panel_outputs = (dataset.refresh_outputs() + captions.refresh_outputs() + train.refresh_outputs() +
+                         checkpoints.refresh_outputs())
+        all_outputs = panel_outputs + [seen, shown]
         poll_inputs = [project, version, seen, checkpoints.checkpoint, checkpoints.grid_prompt]
         poll_outputs = ([progress["status"], progress["error"], progress["chart"], progress["samples"],
                          progress["log"], train.train, train.stop, train.resume] + checkpoints.live_outputs() + [seen])
 
+        def refresh_all(p, v, s, now, force: bool = True) -> List[Any]:
+            """Every panel from the version's files (and a fresh ``seen``, so the next poll sends everything), or
+            nothing when they show that version already and ``force`` is off."""
+            if not force and now == [p, v]:
+                return [compat.unchanged()] * len(panel_outputs) + [s, now]
+            ctx.remember(p, v)
+            return (list(dataset_panel.on_refresh(ctx, p, v)) + list(captions_panel.on_refresh(ctx, p, v)) +
+                    list(train_panel.on_refresh(ctx, p, v)) + list(checkpoints_panel.on_refresh(ctx, p, v)) +
+                    [{}, [p, v]])
+
         def do_poll(p, v, s, c, g):
             return poll(ctx, p, v, s, c, g)
 
-        version.change(refresh_all, [project, version], all_outputs).then(do_poll, poll_inputs, poll_outputs,
-                                                                          show_progress=compat.HIDDEN)
-        for event in bar.selection_events:  # a new project's "v1" does not change the version's value
-            event.then(refresh_all, [project, version], all_outputs).then(do_poll, poll_inputs, poll_outputs,
-                                                                          show_progress=compat.HIDDEN)
+        # What changes the selection refreshes every panel in the same event: a separate refresh event could
+        # answer after an upload sent meanwhile and put back the report of before it.
+        for action in bar.actions:
+            def run(*args, _action=action):
+                n = len(_action.inputs)
+                updates = list(_action.fn(*args[:n]))
+                s, now = args[n:]
+                selected = _action.selected(args[:n], tuple(updates))
+                if selected is None:
+                    return updates + [compat.unchanged()] * len(panel_outputs) + [s, now]
+                return updates + refresh_all(selected[0], selected[1], s, now, _action.force)
+
+            hidden = {} if action.force else {"show_progress": compat.HIDDEN}  # a change event: mostly an echo
+            action.listener(run, action.inputs + [seen, shown], action.outputs + all_outputs, **hidden).then(
+                do_poll, poll_inputs, poll_outputs, show_progress=compat.HIDDEN)
+        version.change(lambda p, v, s, now: refresh_all(p, v, s, now, force=False), [project, version, seen, shown],
+                       all_outputs, show_progress=compat.HIDDEN).then(do_poll, poll_inputs, poll_outputs,
+                                                                      show_progress=compat.HIDDEN)
         progress["poll"].click(do_poll, poll_inputs, poll_outputs, queue=False, show_progress=compat.HIDDEN)
 
         # What one panel changes, the others show.
