@@ -75,7 +75,10 @@ class _LiveRunnerSettings:
 def _reachable_by_others():
     """The WebUI listens beyond this computer without a login: then "Import a folder" must not read any path."""
     cmd_opts = shared.cmd_opts
-    public = any(getattr(cmd_opts, name, None) for name in ("listen", "share", "server_name", "ngrok"))
+    server_name = (getattr(cmd_opts, "server_name", None) or "").strip().strip("[]").lower()
+    loopback = server_name in ("localhost", "::1") or server_name.startswith("127.")
+    public = any(getattr(cmd_opts, name, None) for name in ("listen", "share", "ngrok")) or (
+        bool(server_name) and not loopback)
     return public and not (getattr(cmd_opts, "gradio_auth", None) or getattr(cmd_opts, "gradio_auth_path", None))
 
 

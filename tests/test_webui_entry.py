@@ -96,6 +96,12 @@ def test_the_api_setting_mounts_it_without_api_flag(webui):
 def test_import_folders_are_limited_when_the_webui_is_reachable_without_login(webui, tmp_path):
     double = webui()
     assert double.script._ui_settings(tmp_path).import_roots is None
+    for loopback in ("127.0.0.1", "localhost", "::1"):
+        double.shared.cmd_opts.server_name = loopback
+        assert double.script._ui_settings(tmp_path).import_roots is None, loopback
+    double.shared.cmd_opts.server_name = "0.0.0.0"
+    assert double.script._ui_settings(tmp_path).import_roots == [str(tmp_path)]
+    double.shared.cmd_opts.server_name = None
     double.shared.cmd_opts.listen = True
     assert double.script._ui_settings(tmp_path).import_roots == [str(tmp_path)]
     double.shared.cmd_opts.gradio_auth = "ann:secret"
