@@ -4,9 +4,11 @@
 //    never-ending request per page with the inputs it started with).
 //  - trainTools.sendToTxt2img(prompt): add a prompt to the WebUI's txt2img prompt box and switch to txt2img.
 //    Outside the WebUI (the standalone app) there is no such box: it returns false and the tab shows the prompt.
-//  - Dropping files on #train_tools_drop_zone hands them to the upload button's file input (gradio 3.41's upload
-//    button has no drop target, and its File component loses uploads, see dataset_panel.py); while they are sent,
-//    the zone says "Uploading N files…" (data-train-tools-note, shown by style.css) until the import starts.
+//  - Dropping files on a drop zone (#train_tools_drop_zone, #train_tools_reg_drop_zone) hands them to the upload
+//    button's file input inside it (gradio 3.41's upload button has no drop target, and its File component loses
+//    uploads, see dataset_panel.py); while they are sent, the zone says "Uploading N files…"
+//    (data-train-tools-note, shown by style.css) until the import starts in its message box (the zone's id with
+//    "import_message" for "drop_zone").
 // The WebUI loads this file by itself; the tab also runs it on load (for the standalone app), so it must be
 // harmless to run twice.
 (function () {
@@ -31,7 +33,7 @@
     function dropZone(event) {
         const path = event.composedPath ? event.composedPath() : [event.target];
         for (const node of path) {
-            if (node && node.id === "train_tools_drop_zone") {
+            if (node && typeof node.id === "string" && /^train_tools_(\w+_)?drop_zone$/.test(node.id)) {
                 return node;
             }
         }
@@ -47,7 +49,7 @@
         zone.setAttribute(NOTE, template.replace("{n}", String(count)));
         // The note goes when the import starts (gradio shows its progress in the import message) or has ended
         // (the message says something new); other events may rewrite the message meanwhile.
-        const message = root().querySelector("#train_tools_import_message");
+        const message = root().querySelector("#" + zone.id.replace(/drop_zone$/, "import_message"));
         if (!message || typeof MutationObserver !== "function") {
             return;
         }

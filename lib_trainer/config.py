@@ -259,6 +259,9 @@ def estimate(cfg: TrainConfig, arch: str, measured_it_per_s: Optional[float] = N
     batch size) the time uses it; otherwise a typical GPU's speed, said plainly when there is no GPU here."""
     counts = dataset_counts(Path(cfg.train_data_dir))
     images = sum(n * r for n, r in counts.values())
+    reg = dataset_counts(Path(cfg.reg_data_dir)) if cfg.reg_data_dir else {}
+    if images and any(n for n, _ in reg.values()):
+        images *= 2  # the trainer adds as many regularization uses per epoch as training uses (as sd-scripts)
     batch = max(1, cfg.train_batch_size)
     steps_per_epoch = max(1, math.ceil(images / batch / max(1, cfg.gradient_accumulation_steps))) if images else 0
     if cfg.max_train_epochs:

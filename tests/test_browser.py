@@ -360,3 +360,15 @@ def test_uploads_on_a_slow_link_right_after_creating_a_project(app, page, tmp_pa
     tab.choose("train_tools_project", "slow one")
     tab.contains("train_tools_dataset_report", "3 pictures")
     tab.shot("picked_back")
+
+    # Regularization pictures: a class, then pictures dropped on their own zone
+    tab.el("train_tools_reg").locator(".label-wrap").first.click()
+    tab.contains("train_tools_reg_status", "No regularization pictures")
+    tab.text("train_tools_reg_class", "dog")
+    drop_files(page, tab.el("train_tools_reg_upload"), slow[:2])
+    tab.contains("train_tools_reg_import_message", "2 pictures imported", timeout=60_000)
+    tab.contains("train_tools_reg_status", '2 regularization pictures of "dog" (repeats: 1')
+    expect(tab.el("train_tools_reg_drop_zone")).not_to_have_attribute("data-train-tools-note", re.compile(".*"))
+    reg = app["workspace"] / "projects" / "slow one" / "versions" / "v1" / "dataset" / "reg" / "1_dog"
+    assert sorted(p.name for p in reg.glob("*.png")) == ["noise_0.png", "noise_1.png"]
+    tab.shot("regularization")

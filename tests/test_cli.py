@@ -212,6 +212,24 @@ def test_import_names_the_broken_file_and_imports_the_rest(tmp_path, capsys):
     assert code == 1 and "missing" in doc["error"]
 
 
+def test_import_regularization_pictures(tmp_path, capsys):
+    ws = str(tmp_path / "ws")
+    draw_pictures(tmp_path / "women", count=2)
+    assert cli.main(["new", PROJECT, "--workspace", ws]) == 0
+    capsys.readouterr()
+    code, doc, _, _ = call(capsys, "import", PROJECT, str(tmp_path / "women"), "--reg", "woman", "--workspace", ws)
+    reg = Path(doc["regularization_dir"])
+    assert code == 0 and doc["ok"] and reg.name == "1_woman" and reg.parent.name == "reg"
+    assert sorted(p.name for p in reg.glob("*.png")) == ["dog_0.png", "dog_1.png"]
+    assert "preprocess" not in doc  # not cropped: the trainer buckets them
+    # Again with other repeats: the same folder, renamed
+    code, doc, _, _ = call(capsys, "import", PROJECT, str(tmp_path / "women"), "--reg", "woman", "--repeats", "3",
+                           "--workspace", ws)
+    assert code == 0 and Path(doc["regularization_dir"]).name == "3_woman" and not reg.exists()
+    code, doc, _, _ = call(capsys, "import", PROJECT, str(tmp_path / "women"), "--reg", " ", "--workspace", ws)
+    assert code == 2 and "class" in doc["error"]
+
+
 # ---------------------------------------------------------------------------------------------- caption
 
 def test_caption_manual_tools_undo_and_no_tagger(tmp_path, capsys):

@@ -99,3 +99,18 @@ def test_without_a_gpu_the_8bit_optimizer_becomes_adamw_unless_chosen(version):
     assert chosen.optimizer_type == "AdamW8bit"
     assert config.build_config(paths, "m", "sd1", "person", 8, cuda=True).optimizer_type == "AdamW8bit"
     assert isinstance(config.cuda_available(), bool)
+
+
+def test_regularization_pictures_are_read_and_double_the_steps(version):
+    paths = config.VersionPaths.of(version)
+    two_epochs = {"max_train_epochs": 2, "train_batch_size": 1}
+    plain = config.build_config(paths, "m", "sd1", "person", 8, overrides=two_epochs)
+    assert plain.reg_data_dir is None
+    (version.reg_dir / "1_dog").mkdir(parents=True)
+    assert config.build_config(paths, "m", "sd1", "person", 8).reg_data_dir is not None
+    assert config.estimate(plain, "sd1").steps == 50 * 2  # an empty reg folder adds nothing
+    (version.reg_dir / "1_dog" / "other.png").write_bytes(b"")
+    with_reg = config.build_config(paths, "m", "sd1", "person", 8, overrides=two_epochs)
+    assert with_reg.reg_data_dir == str(version.reg_dir)
+    est = config.estimate(with_reg, "sd1")
+    assert (est.images_per_epoch, est.steps) == (100, 200)  # as many reg uses per epoch as training uses

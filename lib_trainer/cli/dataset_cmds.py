@@ -28,7 +28,15 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
         out.progress(tr("importing {done}/{total}: {name}", done=done, total=total, name=name))
         out.emit({"event": "import", "done": done, "total": total, "name": name})
 
-    report = importer.import_pictures([Path(p).resolve() for p in args.paths], version.source_dir,
+    target = version.source_dir
+    if args.reg is not None:
+        from lib_trainer.dataset.concepts import ConceptError, regularization_folder
+
+        try:
+            target = regularization_folder(version.dataset_dir, args.reg, args.repeats or 1).path
+        except ConceptError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+    report = importer.import_pictures([Path(p).resolve() for p in args.paths], target,
                                       progress=progress if (out.tty or out.json) else None)
     out.end_progress()
     out.say(report.to_markdown())
@@ -40,6 +48,9 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
         document["ok"] = False
         document["error"] = tr("No picture could be imported.")
         out.warn(document["error"])
+    elif args.reg is not None:
+        document["regularization_dir"] = str(target)
+        out.say(tr("Regularization pictures are in {folder}; the next training run uses them.", folder=target))
     elif not args.no_preprocess:
         document.update(_preprocess(args, out, version))
     out.emit(document)

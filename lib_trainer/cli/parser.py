@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", default=None, help=tr("add a mirrored copy of each picture"))
     p.add_argument("--face-crops", type=int, metavar="N", help=tr("extra close-ups of up to N faces per picture"))
     p.add_argument("--no-preprocess", action="store_true", help=tr("only import into dataset/source"))
+    p.add_argument("--reg", metavar="CLASS",
+                   help=tr("import regularization pictures of CLASS (e.g. woman) into dataset/reg/<repeats>_<CLASS>/ "
+                           "instead (not preprocessed; --repeats defaults to 1 there)"))
 
     p = add("caption", tr("caption with a tagger, edit captions and tags, undo"),
             tr("Without options, caption the training pictures with the host's tagger (the standalone host has "

@@ -169,6 +169,21 @@ def set_repeats(dataset_dir: PathLike, name: str, repeats: int, *, reg: bool = F
     return _move(dataset_dir, concept, concept.name, validate_repeats(repeats))
 
 
+def regularization_folder(dataset_dir: PathLike, class_name: str, repeats: object = 1) -> Concept:
+    """The regularization folder ``dataset/reg/<repeats>_<class>/`` for ``class_name`` and ``repeats``: created,
+    or the existing one renamed (a version has one class of regularization pictures, how people use them)."""
+    name = (class_name or "").strip()
+    if not name:
+        raise ConceptError(tr("Type the class first: what the pictures show in general, e.g. woman, man, dog."))
+    existing = list_concepts(dataset_dir, reg=True)
+    if not existing:
+        return create_concept(dataset_dir, name, validate_repeats(repeats), reg=True)
+    concept = existing[0]
+    if concept.name != name:
+        concept = rename_concept(dataset_dir, concept.name, name, reg=True)
+    return set_repeats(dataset_dir, concept.name, repeats, reg=True)
+
+
 # ---- how many repeats -------------------------------------------------------------------------------------------
 #: Repeats (uses of each picture per epoch) for each kind of subject: (with many pictures, with few pictures).
 #: The seeds' guidance: anime characters 15–30, real persons 50–100. Styles learn from many varied pictures and

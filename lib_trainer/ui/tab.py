@@ -21,7 +21,7 @@ import gradio as gr
 
 from lib_trainer.i18n import tr
 from lib_trainer.ui import (captions_panel, checkpoints_panel, compat, dataset_panel, messages, progress_panel,
-                            project_bar, train_panel)
+                            project_bar, reg_panel, train_panel)
 from lib_trainer.ui.context import UIContext
 
 JS_FILE = Path(__file__).resolve().parents[2] / "javascript" / "train_tools.js"
@@ -102,6 +102,7 @@ def build_tab(ctx: UIContext) -> gr.Blocks:
             with gr.Tabs(elem_id="train_tools_sections"):
                 with gr.Tab(tr("Dataset"), id="train_tools_dataset_tab", elem_id="train_tools_dataset_tab"):
                     dataset = dataset_panel.build(ctx, project, version)
+                    reg = reg_panel.build(ctx, project, version, bar.trash)
                     captions = captions_panel.build(ctx, project, version)
                 with gr.Tab(tr("Train"), id="train_tools_train_tab", elem_id="train_tools_train_tab"):
                     train = train_panel.build(ctx, project, version)
@@ -112,8 +113,8 @@ def build_tab(ctx: UIContext) -> gr.Blocks:
         seen = gr.State({})
         shown = gr.State(None)  # the [project, version] whose files the panels show
 
-        panel_outputs = (dataset.refresh_outputs() + captions.refresh_outputs() + train.refresh_outputs() +
-                         checkpoints.refresh_outputs())
+        panel_outputs = (dataset.refresh_outputs() + reg.refresh_outputs() + captions.refresh_outputs() +
+                         train.refresh_outputs() + checkpoints.refresh_outputs())
         all_outputs = panel_outputs + [seen, shown]
         poll_inputs = [project, version, seen, checkpoints.checkpoint, checkpoints.grid_prompt]
         poll_outputs = ([progress["status"], progress["error"], progress["chart"], progress["samples"],
@@ -125,9 +126,9 @@ def build_tab(ctx: UIContext) -> gr.Blocks:
             if not force and now == [p, v]:
                 return [compat.unchanged()] * len(panel_outputs) + [s, now]
             ctx.remember(p, v)
-            return (list(dataset_panel.on_refresh(ctx, p, v)) + list(captions_panel.on_refresh(ctx, p, v)) +
-                    list(train_panel.on_refresh(ctx, p, v)) + list(checkpoints_panel.on_refresh(ctx, p, v)) +
-                    [{}, [p, v]])
+            return (list(dataset_panel.on_refresh(ctx, p, v)) + list(reg_panel.on_refresh(ctx, p, v)) +
+                    list(captions_panel.on_refresh(ctx, p, v)) + list(train_panel.on_refresh(ctx, p, v)) +
+                    list(checkpoints_panel.on_refresh(ctx, p, v)) + [{}, [p, v]])
 
         def do_poll(p, v, s, c, g):
             return poll(ctx, p, v, s, c, g)
