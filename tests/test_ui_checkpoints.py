@@ -99,6 +99,7 @@ def test_keep_only_this_one_asks_first_and_moves_the_others_to_the_trash(tmp_pat
     assert len(version.checkpoints()) == 3  # nothing moved before the confirmation
     row, message = checkpoints_panel.on_keep_confirm(ctx, "dog", "v1", keep)
     assert row["visible"] is False and "trash" in message
+    assert ctx.host.forgotten == [version.path]  # the staged copies of the moved checkpoints go from the Lora list
     assert [c.name for c in version.checkpoints()] == [keep]
     assert len(ctx.workspace.trash()) == 1
     row, message = checkpoints_panel.on_keep_request(ctx, "dog", "v1", keep)

@@ -44,8 +44,10 @@ def test_new_version_gets_the_next_free_name_and_clone_copies_the_dataset(tmp_pa
 def test_rename_project_and_version(tmp_path):
     ctx = make_context(tmp_path)
     project_bar.on_create_project(ctx, "dog")
+    old_path = ctx.version("dog", "v1").path
     project, version, message, _ = project_bar.on_rename(ctx, "project", "dog", "v1", "小狗")
     assert value(project) == "小狗" and value(version) == "v1" and "小狗" in message
+    assert ctx.host.forgotten == [old_path]  # previews were staged under the old folder's name
     project, version, message, _ = project_bar.on_rename(ctx, "version", "小狗", "v1", "first try")
     assert value(version) == "first try"
     assert ctx.version("小狗", "first try") is not None
@@ -60,8 +62,10 @@ def test_delete_asks_first_then_moves_to_trash_and_restore_brings_it_back(tmp_pa
     row, question, pending, _ = project_bar.on_delete_request("version", "dog", "v2")
     assert row["visible"] is True and "v2" in question and pending == ["version", "dog", "v2"]
     assert ctx.version("dog", "v2") is not None  # nothing deleted yet
+    v2_path = ctx.version("dog", "v2").path
     project, version, message, row, pending, trash = project_bar.on_delete_confirm(ctx, pending)
     assert row["visible"] is False and pending is None
+    assert ctx.host.forgotten == [v2_path]
     assert choices(version) == ["v1"] and value(version) == "v1"
     assert ctx.version("dog", "v2") is None and "trash" in message
     assert len(choices(trash)) == 1

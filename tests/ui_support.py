@@ -34,6 +34,7 @@ class PaintHost(Host):
             self.model.write_bytes(b"placeholder: only its path is used")
         self.with_taggers = taggers
         self.sent: List[str] = []
+        self.forgotten: List[Path] = []  # version folders whose staged preview LoRAs were dropped
         self.requests: List[Txt2ImgRequest] = []
         self._lock = threading.Lock()
 
@@ -90,7 +91,7 @@ class PaintHost(Host):
         return False
 
     def forget_preview_loras(self, version_dir: Path) -> None:
-        pass
+        self.forgotten.append(Path(version_dir))
 
 
 class NoRunner:

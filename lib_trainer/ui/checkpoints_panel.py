@@ -302,6 +302,7 @@ def on_keep_confirm(ctx: UIContext, project: Optional[str], version_name: Option
         return hidden, messages.error(str(exc))
     if entry is None:
         return hidden, messages.info(tr("There is no other checkpoint."))
+    ctx.forget_previews([version.path])
     return hidden, messages.ok(tr("Kept {name}; the others are in the trash (\"Restore\" at the top brings them "
                                   "back).", name=checkpoint))
 

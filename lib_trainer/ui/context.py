@@ -66,6 +66,15 @@ class UIContext:
             return self._previews
 
     # ---- versions ----------------------------------------------------------------------------------------
+    def forget_previews(self, version_dirs: List[Any]) -> None:
+        """Have the host drop the LoRA copies it staged for these versions' previews (after their checkpoints were
+        moved to the trash or the versions renamed: the copies' names would only clutter its Lora list)."""
+        for path in version_dirs:
+            try:
+                self.host.forget_preview_loras(path)
+            except Exception:  # never in the way of what the person asked for
+                pass
+
     def version(self, project: Optional[str], version: Optional[str]) -> Optional[Version]:
         """The version, or None when nothing is selected or it no longer exists."""
         if not project or not version:

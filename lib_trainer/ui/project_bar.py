@@ -139,6 +139,7 @@ def on_rename(ctx: UIContext, kind: str, project: Optional[str], version: Option
     try:
         if not project or (kind == "version" and not version):
             raise ProjectError(tr("Pick what to rename first."))
+        before = _version_dirs(ctx, project, version if kind == "version" else None)
         if kind == "project":
             renamed = ctx.workspace.rename_project(project, new_name or "")
             project, text = renamed.name, tr("Renamed the project to \"{name}\".", name=renamed.name)
@@ -147,8 +148,18 @@ def on_rename(ctx: UIContext, kind: str, project: Optional[str], version: Option
             version, text = renamed_v.name, tr("Renamed the version to \"{name}\".", name=renamed_v.name)
     except (ProjectError, ValueError) as exc:
         return compat.unchanged(), compat.unchanged(), messages.error(str(exc)), compat.unchanged()
+    ctx.forget_previews(before)  # staged under the old path's name
     ctx.remember(project, version)
     return _selection(ctx, project, version, messages.ok(text)) + ("",)
+
+
+def _version_dirs(ctx: UIContext, project: str, version: Optional[str] = None) -> List[Any]:
+    """The folder of one version, or of every version of the project."""
+    try:
+        p = ctx.workspace.project(project)
+        return [v.path for v in p.versions() if version is None or v.name == version]
+    except (ProjectError, ValueError):
+        return []
 
 
 def on_delete_request(kind: str, project: Optional[str], version: Optional[str]) -> Updates:
@@ -169,6 +180,7 @@ def on_delete_confirm(ctx: UIContext, pending: Any) -> Updates:
         return compat.unchanged(), compat.unchanged(), "", hidden, None, compat.unchanged()
     kind, project, version = pending
     try:
+        gone = _version_dirs(ctx, project, version if kind == "version" else None)
         if kind == "project":
             entry = ctx.workspace.delete_project(project)
             project, version = None, None
@@ -177,6 +189,7 @@ def on_delete_confirm(ctx: UIContext, pending: Any) -> Updates:
             version = None
         text = tr("Moved \"{label}\" to the trash; \"Restore\" below brings it back.", label=entry.label)
         msg = messages.ok(text)
+        ctx.forget_previews(gone)
     except (ProjectError, ValueError) as exc:
         msg = messages.error(str(exc))
     p_upd, v_upd, msg = _selection(ctx, project, version, msg)
