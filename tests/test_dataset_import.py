@@ -319,3 +319,25 @@ def test_damaged_zip_member_is_named(tmp_path):
     items = _by_name(report)
     assert items["crc.zip/ok.png"].status == "imported"
     assert items["crc.zip/bad.png"].status == "skipped" and items["crc.zip/bad.png"].reason in ("corrupt", "truncated")
+
+
+def test_zip_names_from_chinese_windows_and_without_the_utf8_flag_keep_their_characters(tmp_path):
+    # Windows' "Compressed folder" stores names in the system code page (GBK on Chinese Windows) and sets no
+    # UTF-8 flag; some tools store UTF-8 without the flag. Written here with ASCII stand-ins of the same length,
+    # then the stored bytes swapped (zipfile itself always flags non-ASCII names as UTF-8).
+    names = {b"AAAAAAAA.png": "可爱的狗.png".encode("gbk"), b"BBBBBB.png": "小狗.png".encode("utf-8")}
+    archive = tmp_path / "windows.zip"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for i, stand_in in enumerate(names):
+            zf.writestr(stand_in.decode("ascii"), encode(noise((120, 100), 40 + i), "PNG"))
+        zf.writestr("plain.png", encode(noise((120, 100), 50), "PNG"))
+    data = buffer.getvalue()
+    for stand_in, stored in names.items():
+        assert len(stand_in) == len(stored) and data.count(stand_in) == 2  # local header + central directory
+        data = data.replace(stand_in, stored)
+    archive.write_bytes(data)
+    source = tmp_path / "source"
+    report = import_zip(archive, source)
+    assert len(report.imported) == 3, report.to_markdown()
+    assert _pictures(source) == sorted(["plain.png", "可爱的狗.png", "小狗.png"])

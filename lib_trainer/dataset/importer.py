@@ -180,14 +180,27 @@ def safe_name_stem(name: str, max_bytes: int = 120) -> str:
     return text
 
 
+#: How names stored without the zip's UTF-8 flag are read, first that decodes them whole: UTF-8 (macOS, 7-Zip,
+#: most tools), then GBK (the "Send to → Compressed folder" of Chinese Windows, our users' commonest archive),
+#: then the zip standard's cp437. A Western name with accents in cp437 can also decode as GBK; such archives
+#: are rarer here than Chinese ones, and the name only becomes the imported file's name.
+LEGACY_ZIP_ENCODINGS = ("utf-8", "gbk")
+
+
 def _zip_member_name(info: zipfile.ZipInfo) -> str:
-    """The member's name; names stored without the UTF-8 flag but written as UTF-8 are read as such."""
+    """The member's name as its archiver meant it (see :data:`LEGACY_ZIP_ENCODINGS`)."""
     name = info.filename
-    if not info.flag_bits & 0x800:
+    if info.flag_bits & 0x800:
+        return name
+    try:
+        raw = name.encode("cp437")  # zipfile decoded the stored bytes as cp437: get them back
+    except UnicodeEncodeError:
+        return name
+    for encoding in LEGACY_ZIP_ENCODINGS:
         try:
-            name = name.encode("cp437").decode("utf-8")
-        except (UnicodeEncodeError, UnicodeDecodeError):
-            pass
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
     return name
 
 
