@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -182,6 +183,27 @@ def test_diffusers_reads_every_key_and_the_lora_changes_the_output(two_epoch_run
     assert _apply_diffusers_lora(pipe, state, alphas) == n_modules
     after = draw()
     assert abs(after - before).max() > 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_diffusers_load_lora_weights_loads_every_module_and_changes_the_output(two_epoch_runs, tiny_models, arch):
+    """diffusers' own load_lora_weights (with its PEFT backend, from the side folder .ci/setup fills: the WebUI's
+    transformers 4.30 is too old for it) turns exactly the file's modules into LoRA layers, and the picture
+    changes."""
+    from lib_trainer import deps
+    from tests.diffusers_lora_check import LORA_CHECK_DEPS
+
+    assert (LORA_CHECK_DEPS / "peft").is_dir(), f"{LORA_CHECK_DEPS} is missing: run `bash .ci/setup`"
+    env = deps.trainer_env(sys.executable)
+    env.update(PYTHONPATH=os.pathsep.join([str(LORA_CHECK_DEPS), env["PYTHONPATH"]]), OMP_NUM_THREADS="1")
+    final = two_epoch_runs[arch].final
+    proc = subprocess.run([sys.executable, "-m", "tests.diffusers_lora_check", str(tiny_models[arch]), str(final),
+                           arch], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    tensors, _ = load_lora(final)
+    assert result["lora_layers"] == len({k.split(".")[0] for k in tensors})
+    assert result["max_change"] > 1e-4
 
 
 def test_resume_from_saved_state_equals_uninterrupted(tiny_models, tmp_path):
