@@ -14,7 +14,6 @@ import shutil
 import signal
 import time
 import traceback
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -171,7 +170,10 @@ class Trainer:
         self.optimizer = create_optimizer(cfg, params, self.device)
         self.optimizer_desc = describe_optimizer(self.optimizer, cfg)
         self.lr_scheduler = create_scheduler(cfg, self.optimizer, self.total_steps)
-        self.network, self.optimizer = self.accelerator.prepare(self.network, self.optimizer)
+        # The network is not wrapped in DistributedDataParallel: its layers run inside the UNet's and the text
+        # encoders' forward, never through the network's own, so DDP's gradient hooks would never be armed and
+        # every GPU would train alone. average_gradients() does the one all-reduce per step instead.
+        self.optimizer = self.accelerator.prepare(self.optimizer)
 
         self.cache_text = not self.train_te and data_mod.captions_are_static(cfg)
         self.text_cache: dict[str, tuple] = {}
@@ -431,6 +433,32 @@ class Trainer:
         accum = self.cfg.gradient_accumulation_steps
         return [batches[i : i + accum] for i in range(0, len(batches), accum)]
 
+    def average_gradients(self, params: list) -> None:
+        """With several processes, replace every gradient by its mean over them (one all-reduce per dtype)."""
+        n = self.accelerator.num_processes
+        if n < 2:
+            return
+        groups: dict = {}
+        for p in params:
+            if p.grad is None:  # every process must send the same tensors
+                p.grad = torch.zeros_like(p)
+            groups.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in groups.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= n
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes < 2:
+            return value
+        value = value.detach().clone()
+        torch.distributed.all_reduce(value)
+        return value / self.accelerator.num_processes
+
     def maybe_sample(self, epoch: int, step_based: bool) -> None:
         cfg = self.cfg
         if not cfg.sample_prompts or not self.accelerator.is_main_process:
@@ -479,14 +507,12 @@ class Trainer:
                     continue
                 if self.global_step >= self.total_steps:
                     break
-                for j, (index, batch) in enumerate(group):
-                    # gradients of all but the last micro-batch stay local (no all-reduce between GPUs)
-                    sync = j == len(group) - 1
-                    with nullcontext() if sync else self.accelerator.no_sync(self.network):
-                        loss = self.loss_for(batch, epoch, index) / len(group)
-                        self.accelerator.backward(loss)
+                for index, batch in group:
+                    loss = self.loss_for(batch, epoch, index) / len(group)
+                    self.accelerator.backward(loss)
                     loss_sum += loss.detach()
                 loss_count += 1
+                self.average_gradients(params)
                 if cfg.max_grad_norm:
                     self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
@@ -494,7 +520,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
                 if self.global_step % cfg.log_every_n_steps == 0 or self.global_step == self.total_steps:
-                    mean_loss = (loss_sum / max(1, loss_count)).item()  # the only host sync of the loop
+                    # the only host sync of the loop (and, with several GPUs, the loss of all of them)
+                    mean_loss = self.mean_over_processes(loss_sum / max(1, loss_count)).item()
                     if not math.isfinite(mean_loss):
                         raise TrainingError(
                             f"the loss became {mean_loss} at step {self.global_step}: lower the learning rate, "
