@@ -3,8 +3,9 @@
 
 Each process trains every other batch of an epoch and their gradients are averaged every step, so two processes
 at batch size 1 must end with exactly the weights of one process at batch size 1 with two accumulation steps
-(SGD and float32 files, so that nothing hides a difference). Before the gradients were averaged explicitly, each
-process trained alone and the file was the first process's half-trained network.
+(SGD and float32 files, so that nothing hides a difference). Both processes write the latent cache on disk at
+once; the one-process run then reads it. Before the gradients were averaged explicitly, each process trained
+alone and the file was the first process's half-trained network.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def run(command: list, config, tmp_path: Path, name: str) -> list:
 
 def test_two_processes_train_like_one_with_two_accumulation_steps(tiny_sd1, tmp_path):  # noqa: F811
     common = dict(max_train_epochs=2, train_batch_size=1, optimizer_type="SGD", learning_rate=0.05,
-                  save_precision="float", save_every_n_epochs=1)
+                  save_precision="float", save_every_n_epochs=1, cache_latents_to_disk=True)
     two = make_config(tmp_path, tiny_sd1, output_dir=str(tmp_path / "two"), **common)
     one = make_config(tmp_path, tiny_sd1, output_dir=str(tmp_path / "one"), gradient_accumulation_steps=2,
                       **common)

@@ -334,7 +334,7 @@ def test_cache_latents_encodes_each_picture_once(tiny_sd1, tmp_path, vae_encodes
 
 def test_cache_latents_to_disk_is_reused_by_the_next_run(tiny_sd1, tmp_path, vae_encodes):
     cfg = make_config(tmp_path, tiny_sd1, cache_latents_to_disk=True, max_train_steps=4, network_train_unet_only=True)
-    train(cfg).assert_ok()
+    first = train(cfg).assert_ok()
     cache_dir = tmp_path / "train" / "5_tt_dog" / ".train_tools_latents"
     files = sorted(cache_dir.glob("*.safetensors"))
     assert files, "no latent was written to disk"
@@ -348,6 +348,11 @@ def test_cache_latents_to_disk_is_reused_by_the_next_run(tiny_sd1, tmp_path, vae
     assert {f.name: f.stat().st_mtime_ns for f in cache_dir.glob("*.safetensors")} == stamps
     assert vae_encodes["n"] == 2 < first_encodes  # only the fixed-noise score encodes; training reads the cache
     assert second.one("start")["images"] == 20  # the scanner does not take the cache for pictures
+    # Same seed, same weights, whether the latents were encoded, read from the cache or never cached
+    uncached = train(make_config(tmp_path, tiny_sd1, max_train_steps=4, network_train_unet_only=True,
+                                 output_dir=str(tmp_path / "out3"))).assert_ok()
+    weights = [load_lora(run.final)[0] for run in (first, second, uncached)]
+    assert all(torch.equal(weights[0][k], other[k]) for other in weights[1:] for k in weights[0])
 
 
 @pytest.mark.parametrize("option", ["noise_offset", "min_snr_gamma"])

@@ -6,6 +6,7 @@ so a resumed run sees exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,6 @@ class LatentCache:
 
             path = self._disk_path(entry, bucket, flip)
             path.parent.mkdir(exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # the processes of a multi-GPU run share it
             save_file({"latent": latent}, str(tmp), {"source": self._source_stamp(entry)})
             tmp.replace(path)

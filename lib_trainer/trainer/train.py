@@ -207,7 +207,13 @@ class Trainer:
         self.events.emit("warning", message=message, **fields)
 
     # ---- per-batch inputs -------------------------------------------------------------------------------
-    def latents_for(self, batch: data_mod.Batch, flips: list[bool], gen: torch.Generator) -> tuple[torch.Tensor, list]:
+    def latents_for(self, batch: data_mod.Batch, flips: list[bool]) -> tuple[torch.Tensor, list]:
+        """The batch's latents (from the cache, or encoded and cached) and SDXL's size conditioning.
+
+        The VAE's sample of a picture uses noise of its own, seeded by the picture and its bucket and flip: a
+        cached latent is exactly the one a fresh encoding gives, and the training noise does not depend on what
+        was cached (same seed, same config, same weights; the processes of a multi-GPU run share the disk cache).
+        """
         m = self.model
         latents: list[Optional[torch.Tensor]] = []
         todo = []
@@ -223,13 +229,22 @@ class Trainer:
             stacked = torch.stack([pixel_list[i] for i in todo]).to(self.device, dtype=m.vae.dtype)
             with torch.no_grad():
                 dist = m.vae.encode(stacked).latent_dist
-                noise = torch.randn(dist.mean.shape, generator=gen).to(self.device, dist.mean.dtype)
+                noise = torch.stack([
+                    torch.randn(dist.mean.shape[1:], generator=torch.Generator().manual_seed(data_mod.derive_seed(
+                        self.seed, "latent", *self.picture_id(batch.samples[i].entry), *batch.bucket, flips[i])))
+                    for i in todo
+                ]).to(self.device, dist.mean.dtype)
                 encoded = (dist.mean + dist.std * noise) * m.vae.config.scaling_factor
             for j, i in enumerate(todo):
                 latents[i] = encoded[j]
                 if self.latent_cache is not None:
                     self.latent_cache.put(batch.samples[i].entry, batch.bucket, flips[i], encoded[j])
         return torch.stack([lat.to(self.device, torch.float32) for lat in latents]), time_ids
+
+    @staticmethod
+    def picture_id(entry) -> tuple[str, str]:
+        """A picture's name within the dataset (the same on every machine and in every process)."""
+        return entry.path.parent.name, entry.path.name
 
     def conditioning(self, captions: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         m = self.model
@@ -258,7 +273,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(data_mod.derive_seed(self.seed, "noise", epoch, index))
         flips = [cfg.flip_aug and rng.random() < 0.5 for _ in batch.samples]
         captions = [data_mod.caption_for(cfg, s.entry, rng) for s in batch.samples]
-        latents, time_ids = self.latents_for(batch, flips, gen)
+        latents, time_ids = self.latents_for(batch, flips)
         hidden, pooled = self.conditioning(captions)
 
         b = latents.shape[0]
