@@ -68,3 +68,37 @@ def test_two_processes_train_like_one_with_two_accumulation_steps(tiny_sd1, tmp_
     assert sorted(p.name for p in (tmp_path / "two").glob("*.safetensors")) == ["tt-000001.safetensors",
                                                                                 "tt.safetensors"]
     assert torch.isfinite(torch.stack([v.float().abs().max() for v in a.values()])).all()
+
+
+def test_a_stop_ends_every_process_at_the_same_step_with_a_checkpoint(tiny_sd1, tmp_path):  # noqa: F811
+    """SIGINT to the launcher (it passes it on to both trainers, not at the same instant): both finish the same
+    step, one checkpoint and a resumable state are written and `done` says interrupted; a process that left a
+    step earlier would leave the other waiting in the next gradient exchange."""
+    import signal
+
+    config = make_config(tmp_path, tiny_sd1, output_dir=str(tmp_path / "out"), max_train_epochs=50)
+    path = tmp_path / "long.toml"
+    schema.save_config(config, path)
+    env = dict(deps.trainer_env(sys.executable), OMP_NUM_THREADS="1")
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                 "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                                 "-m", "lib_trainer.trainer", str(path)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    events = []
+    try:
+        for line in launcher.stdout:
+            if line.startswith("{"):
+                events.append(json.loads(line))
+                if events[-1]["event"] == "step" and events[-1]["step"] == 3:
+                    launcher.send_signal(signal.SIGINT)
+        launcher.wait(120)  # torchrun itself then exits with its own error: only the trainers' output matters
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    done = events[-1]
+    assert done["event"] == "done" and done["interrupted"] is True, events[-3:]
+    stopped_at = done["steps"]
+    assert 3 <= stopped_at < 500
+    checkpoint = tmp_path / "out" / f"tt-step{stopped_at:08d}.safetensors"
+    assert done["checkpoints"] == [str(checkpoint)] and checkpoint.is_file()
+    assert (tmp_path / "out" / f"tt-step{stopped_at:08d}-state" / "train_state.json").is_file()

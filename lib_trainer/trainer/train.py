@@ -467,12 +467,16 @@ class Trainer:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
 
-    def mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
-        if self.accelerator.num_processes < 2:
-            return value
-        value = value.detach().clone()
-        torch.distributed.all_reduce(value)
-        return value / self.accelerator.num_processes
+    def loss_and_stop(self, loss: torch.Tensor) -> tuple[float, bool]:
+        """The mean loss over the processes, and whether any of them was asked to stop (one all-reduce)."""
+        n = self.accelerator.num_processes
+        if n < 2:
+            return loss.item(), self.stop.requested
+        values = torch.stack([loss.detach().float().reshape(()),
+                              torch.tensor(1.0 if self.stop.requested else 0.0, device=loss.device)])
+        torch.distributed.all_reduce(values)
+        mean, stops = values.tolist()
+        return mean / n, stops > 0
 
     def maybe_sample(self, epoch: int, step_based: bool) -> None:
         cfg = self.cfg
@@ -512,6 +516,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         loss_count = 0
         t_last, step_last = time.perf_counter(), self.global_step
+        agreed_stop = False
         resume_step = getattr(self, "resume_step_in_epoch", 0)
         params = [p for p in self.network.parameters() if p.requires_grad]
 
@@ -535,8 +540,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
                 if self.global_step % cfg.log_every_n_steps == 0 or self.global_step == self.total_steps:
-                    # the only host sync of the loop (and, with several GPUs, the loss of all of them)
-                    mean_loss = self.mean_over_processes(loss_sum / max(1, loss_count)).item()
+                    # the only host sync of the loop (with several GPUs also where they agree to stop)
+                    mean_loss, agreed_stop = self.loss_and_stop(loss_sum / max(1, loss_count))
                     if not math.isfinite(mean_loss):
                         raise TrainingError(
                             f"the loss became {mean_loss} at step {self.global_step}: lower the learning rate, "
@@ -557,15 +562,17 @@ class Trainer:
                     loss_sum.zero_()
                     loss_count = 0
                 step_suffix = f"-step{self.global_step:08d}"
-                if self.stop.requested or (
+                # several processes must leave at the same step (or the others wait for them forever)
+                stop_now = self.stop.requested if self.accelerator.num_processes < 2 else agreed_stop
+                if stop_now or (
                     cfg.save_every_n_steps and self.global_step % cfg.save_every_n_steps == 0
                     and self.global_step < self.total_steps
                 ):
                     self.accelerator.wait_for_everyone()
                     self.save_checkpoint(self.checkpoint_path(step_suffix), epoch + 1, final=False)
-                    if cfg.save_state or self.stop.requested:  # a stopped run can always be resumed
+                    if cfg.save_state or stop_now:  # a stopped run can always be resumed
                         self.save_state(self.state_path(step_suffix), epoch, step_in_epoch + 1)
-                if self.stop.requested:
+                if stop_now:
                     return True
                 self.maybe_sample(epoch + 1, step_based=True)
             resume_step = 0
