@@ -68,6 +68,15 @@ def read_json(path: PathLike, default: Any = None) -> Any:
         return default
 
 
+def sha256_file(path: PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def short_hash(*parts: Union[str, bytes], length: int = 12) -> str:
     h = hashlib.sha256()
     for part in parts:

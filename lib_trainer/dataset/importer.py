@@ -40,7 +40,7 @@ from lib_trainer.dataset.images import (
     is_image_name,
     sniff_format,
 )
-from lib_trainer.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from lib_trainer.fsutil import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from lib_trainer.i18n import tr
 
 __all__ = [
@@ -220,14 +220,6 @@ def _is_system_file(name: str) -> bool:
 # --- the source index -------------------------------------------------------------------------------------------
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def source_index(source_dir: PathLike) -> Dict[str, Dict[str, Any]]:
     """``{stored name: {"sha256", "size", "mtime_ns", "original"}}`` for every picture in ``source_dir``.
 
@@ -255,7 +247,7 @@ def source_index(source_dir: PathLike) -> Dict[str, Dict[str, Any]]:
         else:
             original = entry.get("original") if isinstance(entry, dict) else None
             index[path.name] = {
-                "sha256": _hash_file(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "original": original,
+                "sha256": sha256_file(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "original": original,
             }
     return index
 

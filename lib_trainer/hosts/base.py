@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Union
 
-from lib_trainer.fsutil import atomic_copy
+from lib_trainer.fsutil import atomic_copy, sha256_file
 from lib_trainer.i18n import tr
 
 if TYPE_CHECKING:  # Pillow is only needed for the annotations
@@ -235,14 +235,6 @@ def lora_prompt(specs: Iterable[tuple[str, float]]) -> str:
     return " ".join(tags)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class LoraStaging:
     """Copies of LoRA files under unique names, for hosts that find ``<lora:NAME:w>`` only by file name.
 
@@ -273,7 +265,7 @@ class LoraStaging:
         with self._lock:
             cached = self._hashes.get(key)
         if cached is None:
-            cached = _sha256_file(path)
+            cached = sha256_file(path)
             with self._lock:
                 self._hashes[key] = cached
         return cached
