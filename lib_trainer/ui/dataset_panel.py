@@ -137,34 +137,47 @@ def on_refresh(ctx: UIContext, project: Optional[str], version_name: Optional[st
             compat.update(choices=choices, value=upscaler), values["concept"], values["repeats"], why, "", "")
 
 
-def on_import(ctx: UIContext, project: Optional[str], version_name: Optional[str], files: Any, folder: str,
-              width: Any = 512, height: Any = 512, progress: Any = None) -> Tuple[str, str]:
-    """Import uploaded files and/or a server folder; returns (import message, dataset report)."""
-    from lib_trainer.dataset.importer import import_pictures
-
-    version = ctx.version(project, version_name)
-    if version is None:
-        return messages.error(tr("Create or pick a project first.")), report_markdown(None)
+def import_inputs(files: Any, folder: Optional[str]) -> List[Any]:
+    """The uploaded files and the server folder typed, to import; ValueError saying what to do when there are
+    none or the folder does not exist."""
     inputs: List[Any] = list(compat.uploaded_files(files))
     folder = (folder or "").strip()
-    roots = ctx.settings.import_roots
     if folder:
         path = Path(folder).expanduser()
         if not path.exists():
-            return messages.error(tr("The folder {folder} does not exist on the server.", folder=folder)), \
-                report_markdown(version, width, height)
+            raise ValueError(tr("The folder {folder} does not exist on the server.", folder=folder))
         inputs.append(path)
     if not inputs:
-        return messages.error(tr("Drop pictures or a .zip, or type a folder on the server.")), \
-            report_markdown(version, width, height)
+        raise ValueError(tr("Drop pictures or a .zip, or type a folder on the server."))
+    return inputs
+
+
+def import_into(ctx: UIContext, inputs: List[Any], target: Path, folder_typed: bool, progress: Any = None) -> str:
+    """Import ``inputs`` into ``target`` (a typed server folder only where the settings allow); the message."""
+    from lib_trainer.dataset.importer import import_pictures
 
     def step(done: int, total: int, name: str) -> None:
         if progress is not None:
             progress((done, total), desc=tr("Importing {name}", name=name))
 
-    report = import_pictures(inputs, version.source_dir, allowed_roots=roots if folder else None, progress=step)
+    roots = ctx.settings.import_roots
+    report = import_pictures(inputs, target, allowed_roots=roots if folder_typed else None, progress=step)
     kind = "ok" if report.imported and not report.skipped else ("warning" if report.imported else "error")
-    return markdown_message(report.to_markdown(), kind), report_markdown(version, width, height)
+    return markdown_message(report.to_markdown(), kind)
+
+
+def on_import(ctx: UIContext, project: Optional[str], version_name: Optional[str], files: Any, folder: str,
+              width: Any = 512, height: Any = 512, progress: Any = None) -> Tuple[str, str]:
+    """Import uploaded files and/or a server folder; returns (import message, dataset report)."""
+    version = ctx.version(project, version_name)
+    if version is None:
+        return messages.error(tr("Create or pick a project first.")), report_markdown(None)
+    try:
+        inputs = import_inputs(files, folder)
+    except ValueError as exc:
+        return messages.error(str(exc)), report_markdown(version, width, height)
+    message = import_into(ctx, inputs, version.source_dir, bool((folder or "").strip()), progress)
+    return message, report_markdown(version, width, height)
 
 
 def markdown_message(text: str, kind: str) -> str:
@@ -330,5 +343,5 @@ def build(ctx: UIContext, project: Any, version: Any, preset: Any = None) -> Dat
     return panel
 
 
-__all__ = ["DatasetPanel", "build", "on_refresh", "on_import", "on_preprocess", "on_suggest_repeats",
+__all__ = ["DatasetPanel", "build", "on_refresh", "on_import", "import_inputs", "import_into", "on_preprocess", "on_suggest_repeats",
            "on_apply_repeats", "report_markdown", "preprocess_settings", "CROP_CHOICES", "BUILT_IN_UPSCALER"]

@@ -290,5 +290,5 @@ def build(ctx: UIContext) -> ProjectBar:
 
 
 __all__ = ["ProjectBar", "SelectionAction", "selection_after", "build", "next_version_name", "on_create_project",
-           "on_create_version", "on_rename", "on_delete_request", "on_delete_confirm", "on_restore", "on_project_change", "on_refresh",
-           "trash_choices"]
+           "on_create_version", "on_rename", "on_delete_request", "on_delete_confirm", "on_restore",
+           "on_project_change", "on_refresh", "trash_choices"]

@@ -7,7 +7,6 @@ One class per version, which is how people use them; its name and repeats are th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
 import gradio as gr
@@ -17,7 +16,7 @@ from lib_trainer.i18n import tr
 from lib_trainer.projects import ProjectError, Version
 from lib_trainer.ui import compat, messages
 from lib_trainer.ui.context import UIContext
-from lib_trainer.ui.dataset_panel import UPLOAD_TYPES, markdown_message
+from lib_trainer.ui.dataset_panel import UPLOAD_TYPES, import_into, import_inputs
 from lib_trainer.ui.project_bar import trash_choices
 
 DEFAULT_REPEATS = 1
@@ -84,32 +83,14 @@ def on_apply(ctx: UIContext, project: Optional[str], version_name: Optional[str]
 def on_import(ctx: UIContext, project: Optional[str], version_name: Optional[str], class_name: str, repeats: Any,
               files: Any, folder: str, progress: Any = None) -> Tuple[str, str]:
     """Import uploaded files and/or a server folder into the reg folder: (status, message)."""
-    from lib_trainer.dataset.importer import import_pictures
-
-    inputs: List[Any] = list(compat.uploaded_files(files))
-    folder = (folder or "").strip()
-    if folder:
-        path = Path(folder).expanduser()
-        if not path.exists():
-            return compat.unchanged(), messages.error(tr("The folder {folder} does not exist on the server.",
-                                                         folder=folder))
-        inputs.append(path)
-    if not inputs:
-        return compat.unchanged(), messages.error(tr("Drop pictures or a .zip, or type a folder on the server."))
     try:
+        inputs = import_inputs(files, folder)
         version = _editable(ctx, project, version_name)
         concept = regularization_folder(version.dataset_dir, class_name, repeats)
-    except (ConceptError, ProjectError, OSError) as exc:
+    except (ConceptError, ProjectError, OSError, ValueError) as exc:
         return compat.unchanged(), messages.error(str(exc))
-
-    def step(done: int, total: int, name: str) -> None:
-        if progress is not None:
-            progress((done, total), desc=tr("Importing {name}", name=name))
-
-    roots = ctx.settings.import_roots
-    report = import_pictures(inputs, concept.path, allowed_roots=roots if folder else None, progress=step)
-    kind = "ok" if report.imported and not report.skipped else ("warning" if report.imported else "error")
-    return status_text(version), markdown_message(report.to_markdown(), kind)
+    message = import_into(ctx, inputs, concept.path, bool((folder or "").strip()), progress)
+    return status_text(version), message
 
 
 def on_remove(ctx: UIContext, project: Optional[str], version_name: Optional[str]) -> Tuple[str, str]:
