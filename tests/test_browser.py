@@ -26,7 +26,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from lib_trainer.demo import draw_dataset
-from tests.browser_support import drop_files
+from tests.browser_support import TabPage, drop_files
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
@@ -118,37 +118,11 @@ def page(app):
             browser.close()
 
 
-class Tab:
-    """Small helpers over gradio 3.41's DOM (an elem_id can sit on a wrapper and on the inner element)."""
+class Tab(TabPage):
+    """The standalone app's tab, with the progress readout."""
 
     def __init__(self, page: Page):
-        self.page = page
-        self.shots = 0
-
-    def el(self, elem_id: str):
-        return self.page.locator(f"#{elem_id}").first
-
-    def shot(self, name: str) -> None:
-        self.shots += 1
-        self.page.screenshot(path=str(ARTIFACTS / f"{self.shots:02d}_{name}.png"), full_page=True)
-
-    def section(self, name: str) -> None:
-        self.page.locator("#train_tools_sections .tab-nav button", has_text=name).first.click()
-
-    def choose(self, elem_id: str, option: str) -> None:
-        self.el(elem_id).locator("input").click()
-        self.page.locator("ul.options li", has_text=option).first.click()
-
-    def number(self, elem_id: str, value) -> None:
-        box = self.el(elem_id).locator("input")
-        box.fill(str(value))
-        box.press("Tab")
-
-    def text(self, elem_id: str, value: str) -> None:
-        self.el(elem_id).locator("textarea").fill(value)
-
-    def contains(self, elem_id: str, text, timeout: float = 30_000) -> None:
-        expect(self.el(elem_id)).to_contain_text(text, timeout=timeout)
+        super().__init__(page, ARTIFACTS)
 
     def status(self) -> str:
         return self.el("train_tools_progress_status").inner_text()

@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from lib_trainer.demo import draw_dataset
-from tests.browser_support import drop_files
+from tests.browser_support import TabPage, drop_files
 from tests.trainer_fixtures import tiny_sd1  # noqa: F401 — fixture by name
 from tests.webui_server import CHECKPOINT_NAME, WEBUI_ENV
 
@@ -92,18 +92,8 @@ def browser_page(server):
             browser.close()
 
 
-class WebUIPage:
-    def __init__(self, page: Page, artifacts: Path):
-        self.page = page
-        self.artifacts = artifacts
-        self.shots = 0
-
-    def el(self, elem_id: str):
-        return self.page.locator(f"#{elem_id}").first
-
-    def shot(self, name: str) -> None:
-        self.shots += 1
-        self.page.screenshot(path=str(self.artifacts / f"{self.shots:02d}_{name}.png"), full_page=True)
+class WebUIPage(TabPage):
+    """The tab inside the WebUI's page, with the WebUI's own tabs."""
 
     def main_tabs(self) -> list[str]:
         # lower case: Forge labels its first tab "Txt2img", A1111 "txt2img"
@@ -112,9 +102,6 @@ class WebUIPage:
     def open_main_tab(self, name: str) -> None:
         exact = re.compile(rf"^\s*{re.escape(name)}\s*$", re.IGNORECASE)
         self.page.locator("#tabs > .tab-nav > button").filter(has_text=exact).first.click()
-
-    def contains(self, elem_id: str, text, timeout: float = 30_000) -> None:
-        expect(self.el(elem_id)).to_contain_text(text, timeout=timeout)
 
 
 def test_the_tab_works_inside_the_webui(server, flavor, artifacts, pictures, browser_page):
@@ -144,7 +131,7 @@ def test_the_tab_works_inside_the_webui(server, flavor, artifacts, pictures, bro
     # The base-model list is the WebUI's checkpoint list
     titles = [m["title"] for m in server.get("/sdapi/v1/sd-models")]
     assert any(CHECKPOINT_NAME in t for t in titles), titles
-    ui.page.locator("#train_tools_sections .tab-nav button", has_text="Train").first.click()
+    ui.section("Train")
     ui.el("train_tools_base_model").locator("input").click()
     options = page.locator("ul.options li")
     expect(options.first).to_be_visible()
@@ -152,11 +139,11 @@ def test_the_tab_works_inside_the_webui(server, flavor, artifacts, pictures, bro
     assert listed == titles, (listed, titles)
     ui.shot("base_models")
     # Closed by a click elsewhere: Escape on a tab without an Interrupt button throws in the WebUI's own script.js
-    page.locator("#train_tools_sections .tab-nav button", has_text="Dataset").first.click()
+    ui.section("Dataset")
     expect(options.first).to_be_hidden()
 
     # A project with a Unicode name, three pictures, the dataset report
-    ui.el("train_tools_new_project_name").locator("textarea").fill(PROJECT)
+    ui.text("train_tools_new_project_name", PROJECT)
     ui.el("train_tools_create_project").click()
     ui.contains("train_tools_project_message", PROJECT)
     expect(ui.el("train_tools_project").locator("input")).to_have_value(PROJECT)
@@ -210,7 +197,7 @@ def test_a_short_training_run_inside_the_webui(server, artifacts, pictures, brow
     page.goto(server.base + "/")
     page.wait_for_selector("#train_tools_root", state="attached", timeout=LOAD_TIMEOUT_MS)
     ui.open_main_tab("Train Tools")
-    ui.el("train_tools_new_project_name").locator("textarea").fill(PROJECT + " train")
+    ui.text("train_tools_new_project_name", PROJECT + " train")
     ui.el("train_tools_create_project").click()
     ui.contains("train_tools_project_message", PROJECT + " train")
     expect(ui.el("train_tools_version").locator("input")).to_have_value("v1")
@@ -221,29 +208,21 @@ def test_a_short_training_run_inside_the_webui(server, artifacts, pictures, brow
     ui.contains("train_tools_import_message", "3 pictures imported", timeout=60_000)
     ui.contains("train_tools_dataset_report", "3 pictures")
     for elem_id, value in (("train_tools_pp_width", 64), ("train_tools_pp_height", 64), ("train_tools_repeats", 1)):
-        box = ui.el(elem_id).locator("input")
-        box.fill(str(value))
-        box.press("Tab")
+        ui.number(elem_id, value)
     ui.el("train_tools_preprocess").click()
     ui.contains("train_tools_preprocess_message", "3 training pictures", timeout=60_000)
 
-    page.locator("#train_tools_sections .tab-nav button", has_text="Train").first.click()
+    ui.section("Train")
     title = next(m["title"] for m in server.get("/sdapi/v1/sd-models") if CHECKPOINT_NAME in m["title"])
-    ui.el("train_tools_base_model").locator("input").click()
-    page.locator("ul.options li", has_text=title).first.click()
-    ui.el("train_tools_vram").locator("input").click()  # the 8 GB default would pick AdamW8bit: no GPU here
-    page.locator("ul.options li", has_text="24 GB").first.click()
+    ui.choose("train_tools_base_model", title)
+    ui.choose("train_tools_vram", "24 GB")  # the 8 GB default would pick AdamW8bit: no GPU here
     expect(ui.el("train_tools_field_train_batch_size").locator("input")).to_have_value("6", timeout=15_000)
     for key, value in (("max_train_epochs", 1), ("network_dim", 4), ("network_alpha", 2), ("resolution", 64),
                        ("train_batch_size", 1)):
-        box = ui.el(f"train_tools_field_{key}").locator("input")
-        box.fill(str(value))
-        box.press("Tab")
+        ui.number(f"train_tools_field_{key}", value)
     ui.el("train_tools_advanced").locator(".label-wrap").first.click()
     for key, value in (("min_bucket_reso", 64), ("max_bucket_reso", 128)):
-        box = ui.el(f"train_tools_field_{key}").locator("input")
-        box.fill(str(value))
-        box.press("Tab")
+        ui.number(f"train_tools_field_{key}", value)
     ui.el("train_tools_field_auto_preview").locator("input").uncheck()
     ui.contains("train_tools_estimate", "3 steps")
     ui.shot("train_form")
