@@ -3,7 +3,7 @@
 Import the fixtures into a test module (``from tests.trainer_fixtures import tiny_sd1, fast_trainer``) and use
 the helpers directly:
 
-- ``tiny_sd1``: a tiny SD1 single-file checkpoint, built once per session;
+- ``tiny_sd1``, ``tiny_sdxl``: tiny SD1 / SDXL single-file checkpoints, built once per session;
 - ``make_dataset(root)``: ``root/train/5_tt_dog/`` with 4 generated pictures (64x64 and 96x64) + .txt captions;
 - ``make_config(tmp, model_path, **overrides)``: a TrainConfig for a 1-step, 64px, dim-2 run writing into tmp;
 - ``train(cfg)``: runs the trainer in-process and returns a ``Run`` (exit code, parsed events, helpers);
@@ -137,13 +137,22 @@ def load_lora(path: Path) -> tuple[dict, dict]:
         return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
 
 
-@pytest.fixture(scope="session")
-def tiny_sd1(tmp_path_factory) -> Path:
+def tiny_checkpoint(tmp_path_factory, arch: str) -> Path:
     from lib_trainer.tiny_model import write_tiny_checkpoint
 
-    path = tmp_path_factory.mktemp("tiny_models") / "tiny_sd1.safetensors"
-    write_tiny_checkpoint("sd1", path)
+    path = tmp_path_factory.mktemp("tiny_models") / f"tiny_{arch}.safetensors"
+    write_tiny_checkpoint(arch, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory, "sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory, "sdxl")
 
 
 @contextlib.contextmanager

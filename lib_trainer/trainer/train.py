@@ -38,6 +38,12 @@ class TrainingError(RuntimeError):
     """A failure with a message meant for the person running the training."""
 
 
+def training_precision(requested: str, cuda: bool) -> str:
+    """The mixed precision accelerate gets: what was asked for on CUDA, fp32 ("no") elsewhere (CPU autocast is slow
+    on most CPUs, and a CPU run is a demo or a test)."""
+    return requested if cuda else "no"
+
+
 class StopRequest:
     """SIGINT/SIGTERM (and CTRL_BREAK on Windows, which is how the job runner stops a trainer there): finish the
     current step, write a checkpoint, exit cleanly. A second signal stops at once."""
@@ -83,8 +89,8 @@ class Trainer:
 
         cfg = self.cfg
         cuda = torch.cuda.is_available()
-        mixed = cfg.mixed_precision if cuda else "no"
-        if cfg.mixed_precision != "no" and not cuda:
+        mixed = training_precision(cfg.mixed_precision, cuda)
+        if cfg.mixed_precision != mixed:
             self.warn(f"mixed_precision={cfg.mixed_precision} needs a CUDA GPU; training in fp32 on the CPU")
         self.accelerator = Accelerator(mixed_precision=mixed)  # accumulation is done in train()
         self.device = self.accelerator.device
@@ -253,7 +259,8 @@ class Trainer:
             pooled = torch.stack([self.text_cache[c][1] for c in captions]) if m.arch == "sdxl" else None
             return hidden, pooled
         grad = torch.enable_grad() if self.train_te else torch.no_grad()
-        with grad:
+        # autocast: the encoders' weights are in the mixed-precision dtype, the network's layers in fp32
+        with grad, self.accelerator.autocast():
             if m.arch == "sdxl":
                 ids1 = tokenize(m.tokenizers[0], captions, self.cfg.max_token_length)
                 ids2 = tokenize(m.tokenizers[1], captions, self.cfg.max_token_length)
