@@ -134,6 +134,59 @@ def test_adamw8bit_on_cpu_asks_for_adamw(tiny_sd1, tmp_path):
     assert not result.of("step") and not list(Path(result.cfg.output_dir).glob("*.safetensors"))
 
 
+BNB_CHECK_DEPS = ROOT / ".bnb-check-deps"  # bitsandbytes, put there by .ci/setup (install.py adds it on CUDA only)
+
+
+def _train_cli(tmp: Path, cfg, *extra_path: Path) -> list[dict]:
+    from lib_trainer.trainer.schema import save_config
+
+    config = tmp / f"{Path(cfg.output_dir).name}.toml"
+    save_config(cfg, config)
+    path = [str(p) for p in extra_path] + [str(ROOT), str(ROOT / "trainer_deps")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "lib_trainer.trainer", str(config)], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=300)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0 and events[-1]["event"] == "done", (proc.stderr[-3000:], events[-3:])
+    return events
+
+
+def _tensor_dtypes(value) -> list:
+    """The dtypes of every tensor in a nest of dicts, lists and tuples (bitsandbytes nests its quantized state)."""
+    if isinstance(value, torch.Tensor):
+        return [value.dtype]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else []
+    return [dtype for item in items for dtype in _tensor_dtypes(item)]
+
+
+def test_adamw8bit_keeps_8bit_state_and_resumes_exactly(tiny_sd1, tmp_path):
+    """AdamW8bit through the same code as on CUDA, on the CPU kernels of a recent bitsandbytes: the moments are
+    stored in 8 bits, the state saves and loads (weights_only), and a resumed run equals an uninterrupted one."""
+    assert (BNB_CHECK_DEPS / "bitsandbytes").is_dir(), f"{BNB_CHECK_DEPS} is missing: run `bash .ci/setup`"
+    make_dataset(tmp_path)
+    # bitsandbytes keeps tensors under 4096 values in 32 bits; the tiny network's are all smaller
+    common = dict(optimizer_type="AdamW8bit", optimizer_args=["min_8bit_size=16"], max_train_steps=4,
+                  save_precision="float", train_data_dir=str(tmp_path / "train"))
+    whole = _train_cli(tmp_path, make_config(tmp_path, tiny_sd1, output_dir=str(tmp_path / "whole"), **common),
+                       BNB_CHECK_DEPS)
+    assert "AdamW8bit" in load_lora(tmp_path / "whole" / "tt.safetensors")[1]["ss_optimizer"]
+    assert all(math.isfinite(e["loss"]) for e in whole if e["event"] == "step")
+    _train_cli(tmp_path, make_config(tmp_path, tiny_sd1, output_dir=str(tmp_path / "split"), save_every_n_steps=2,
+                                     save_state=True, **common), BNB_CHECK_DEPS)
+    state = tmp_path / "split" / "tt-step00000002-state"
+    per_param = torch.load(state / "optimizer.pt", weights_only=True)["state"]
+    assert per_param and all(_tensor_dtypes(s).count(torch.uint8) == 2 for s in per_param.values())  # both moments
+    _train_cli(tmp_path, make_config(tmp_path, tiny_sd1, output_dir=str(tmp_path / "resumed"), resume=str(state),
+                                     **common), BNB_CHECK_DEPS)
+    expected, _ = load_lora(tmp_path / "whole" / "tt.safetensors")
+    got, _ = load_lora(tmp_path / "resumed" / "tt.safetensors")
+    assert expected.keys() == got.keys()
+    up = torch.cat([v.flatten() for k, v in got.items() if k.endswith("lora_up.weight")])
+    assert up.abs().max() > 0
+    for key, value in expected.items():
+        assert torch.equal(value, got[key]), key
+
+
 # ---- 3. schedulers ---------------------------------------------------------------------------------------------
 
 def _expected_lrs(name: str, base: float, total: int, warmup: int, cycles: int, power: float) -> list[float]:

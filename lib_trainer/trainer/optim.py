@@ -29,16 +29,7 @@ def create_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.d
             kwargs.setdefault("fused", True)
         return torch.optim.AdamW(param_groups, lr=lr, **kwargs)
     if name == "adamw8bit":
-        if device.type != "cuda":
-            raise ConfigError("AdamW8bit needs an NVIDIA GPU (bitsandbytes); on this machine use optimizer_type = \"AdamW\"")
-        try:
-            import bitsandbytes as bnb
-        except Exception as exc:
-            raise ConfigError(
-                f"AdamW8bit needs bitsandbytes, which could not be loaded ({exc}); "
-                "reinstall the trainer dependencies or use AdamW"
-            ) from None
-        return bnb.optim.AdamW8bit(param_groups, lr=lr, **kwargs)
+        return adamw8bit(param_groups, lr, kwargs, device)
     if name == "lion":
         from lion_pytorch import Lion
 
@@ -57,6 +48,32 @@ def create_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.d
     if name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, **kwargs)
     raise ConfigError(f"unknown optimizer_type {cfg.optimizer_type!r}")
+
+
+def adamw8bit(param_groups: list[dict], lr: float, kwargs: dict[str, Any], device: torch.device):
+    """bitsandbytes' AdamW8bit. install.py installs bitsandbytes only next to a CUDA torch; recent versions also
+    run on the CPU, older ones fail there at the first step, so off CUDA one tiny step is tried first."""
+    use_adamw = 'use optimizer_type = "AdamW"'
+    try:
+        import bitsandbytes as bnb
+    except Exception as exc:
+        if device.type != "cuda":
+            raise ConfigError(f"AdamW8bit needs an NVIDIA GPU (bitsandbytes); on this machine {use_adamw}") from None
+        raise ConfigError(
+            f"AdamW8bit needs bitsandbytes, which could not be loaded ({exc}); "
+            f"reinstall the trainer dependencies or {use_adamw}"
+        ) from None
+    if device.type != "cuda":
+        try:
+            probe = torch.nn.Parameter(torch.zeros(4096, device=device))
+            probe.grad = torch.ones_like(probe)
+            bnb.optim.AdamW8bit([probe], lr=1e-3).step()
+        except Exception as exc:
+            raise ConfigError(
+                f"AdamW8bit needs an NVIDIA GPU: bitsandbytes {getattr(bnb, '__version__', '')} does not run on "
+                f"{device.type} ({type(exc).__name__}); {use_adamw}"
+            ) from None
+    return bnb.optim.AdamW8bit(param_groups, lr=lr, **kwargs)
 
 
 def warmup_steps(cfg: TrainConfig, total_updates: int) -> int:
