@@ -40,7 +40,7 @@ def gpu_precision(monkeypatch):
             # accelerate keeps one precision per process; a trainer process has one run, these tests have many
             AcceleratorState._reset_state()
             super().__init__(*args, **kwargs)
-            if self.mixed_precision == "fp16":  # accelerate only does this for CUDA (and MPS/NPU) devices
+            if self.mixed_precision == "fp16" and self.scaler is None:  # accelerate has one only on CUDA/MPS/NPU
                 self.native_amp = True
                 self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
 
