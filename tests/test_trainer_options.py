@@ -126,7 +126,8 @@ def test_optimizer_trains_one_step(tiny_sd1, tmp_path, name):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal of AdamW8bit")
-def test_adamw8bit_on_cpu_asks_for_adamw(tiny_sd1, tmp_path):
+def test_adamw8bit_on_cpu_asks_for_adamw(tiny_sd1, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as install.py leaves a machine without CUDA
     result = train(make_config(tmp_path, tiny_sd1, optimizer_type="AdamW8bit"))
     assert result.code == 2
     message = result.error

@@ -11,6 +11,7 @@ its first step)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from tests.trainer_fixtures import (
     fast_trainer,  # noqa: F401  (fixture)
     load_lora,
     make_config,
+    make_dataset,
     tiny_sd1,  # noqa: F401  (fixture)
     tiny_sdxl,  # noqa: F401  (fixture)
     train,
@@ -101,8 +103,6 @@ def test_fp16_scales_the_loss_and_resume_restores_the_scaler(gpu_precision, tiny
     the training state, and a run resumed from it gives the same weights as an uninterrupted one."""
     common = dict(mixed_precision="fp16", max_train_steps=4, save_precision="float", max_grad_norm=1.0,
                   train_data_dir=str(tmp_path / "train"))
-    from tests.trainer_fixtures import make_dataset
-
     make_dataset(tmp_path)
     whole = train(make_config(tmp_path / "whole", tiny_sd1, **common))
     whole_tensors = trained_ok(whole, "float16")
@@ -120,3 +120,47 @@ def test_fp16_scales_the_loss_and_resume_restores_the_scaler(gpu_precision, tiny
     assert whole_tensors.keys() == resumed_tensors.keys()
     for key, value in whole_tensors.items():
         assert torch.equal(value, resumed_tensors[key]), key
+
+
+@pytest.fixture
+def bitsandbytes_importable(monkeypatch):
+    """bitsandbytes from .ci/setup's side folder, imported into this process (it registers torch ops, so it cannot
+    be imported twice; the test of the trainer's message without it hides it again)."""
+    from tests.test_trainer_options import BNB_CHECK_DEPS
+
+    assert (BNB_CHECK_DEPS / "bitsandbytes").is_dir(), f"{BNB_CHECK_DEPS} is missing: run `bash .ci/setup`"
+    monkeypatch.syspath_prepend(str(BNB_CHECK_DEPS))
+    import bitsandbytes  # noqa: F401  (while the side folder is on the path)
+
+
+@pytest.mark.parametrize("arch,preset,vram_gb", [
+    ("sd1", "person", 8), ("sd1", "character", 8), ("sd1", "style", 12), ("sd1", "product", 16),
+    ("sdxl", "person", 12), ("sdxl", "style", 8),
+])
+def test_presets_train_as_configured_for_a_gpu(gpu_precision, bitsandbytes_importable, tiny_sd1, tiny_sdxl,
+                                              tmp_path, arch, preset, vram_gb):
+    """What the tab starts on an NVIDIA GPU: the preset's and VRAM tier's config (fp16, AdamW8bit on small tiers,
+    text encoders trained, gradient checkpointing, cached latents, min-SNR, restarts, state, samples), only made
+    tiny (64 px, 2 epochs of 2 steps)."""
+    from lib_trainer import config
+
+    make_dataset(tmp_path, folder="1_tt_dog")
+    out = tmp_path / "out"
+    paths = config.VersionPaths(train_dir=tmp_path / "train", reg_dir=tmp_path / "reg", checkpoints_dir=out,
+                                samples_dir=tmp_path / "samples", logs_dir=tmp_path / "logs",
+                                events_path=tmp_path / "events.jsonl", output_name="tt")
+    model = tiny_sdxl if arch == "sdxl" else tiny_sd1
+    tiny = dict(resolution="64,64", min_bucket_reso=32, max_bucket_reso=128, bucket_reso_steps=32, max_train_epochs=2,
+                train_batch_size=2)
+    cfg = config.build_config(paths, str(model), arch, preset, vram_gb, overrides=tiny, sample_prompt="tt_dog, dog",
+                              cuda=True)
+    assert cfg.mixed_precision == "fp16"
+    from tests.trainer_fixtures import train
+
+    result = train(cfg)
+    tensors = trained_ok(result, "float16")
+    assert [Path(c).name for c in result.one("done")["checkpoints"]] == ["tt-000001.safetensors", "tt.safetensors"]
+    trains_te = not cfg.network_train_unet_only
+    assert any(k.startswith("lora_te") for k in tensors) == trains_te
+    assert len(result.of("sample")) == 2 and (out / "tt-state").is_dir()
+    assert load_lora(result.final)[1]["ss_optimizer"].split("(")[0].endswith(cfg.optimizer_type)

@@ -6,6 +6,7 @@ v-prediction targets, optional noise offset and min-SNR weighting. A "step" is o
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -338,15 +339,30 @@ class Trainer:
                       "(eval_holdout_images = 0 trains on every picture)", path=str(entry.path))
         return held, "held_out"
 
-    @torch.no_grad()
+    @contextlib.contextmanager
+    def inference_mode(self):
+        """The network, UNet and text encoders in eval mode for a score or a sample, restored after: gradient
+        checkpointing (on only in train mode) has nothing to save without gradients, and only warns."""
+        modules = [self.unwrapped_network(), self.model.unet, *self.model.text_encoders]
+        modes = [module.training for module in modules]
+        for module in modules:
+            module.eval()
+        try:
+            yield
+        finally:
+            for module, mode in zip(modules, modes):
+                module.train(mode)
+
     def fixed_noise_score(self) -> float:
+        with self.inference_mode():
+            return self._fixed_noise_score()
+
+    @torch.no_grad()
+    def _fixed_noise_score(self) -> float:
         """Denoising loss on a fixed set of pictures with fixed noise and timesteps: comparable across checkpoints.
 
         It is written into every checkpoint event, so the loss curve is not the only hint of progress."""
         m = self.model
-        network = self.unwrapped_network()
-        was_training = network.training
-        network.eval()
         entries = self.eval_entries
         gen = torch.Generator().manual_seed(data_mod.derive_seed(self.seed, "eval"))
         total = 0.0
@@ -370,7 +386,6 @@ class Trainer:
                               hidden.to(self.device, self.weight_dtype), **kwargs).sample
             target = self.noise_scheduler.get_velocity(latents, noise, t) if self.v_prediction else noise
             total += F.mse_loss(pred.float(), target.float()).item()
-        network.train(was_training)
         return total / max(1, len(entries))
 
     # ---- saving -----------------------------------------------------------------------------------------
@@ -500,10 +515,11 @@ class Trainer:
 
         prompts = read_prompt_file(cfg.sample_prompts, cfg.resolution_wh)
         stem = f"{cfg.output_name}_" + (f"step{self.global_step:08d}" if step_based else f"e{epoch:06d}")
-        paths = draw_samples(
-            self.model, prompts, sampler=cfg.sample_sampler, out_dir=cfg.effective_sample_dir, stem=stem,
-            clip_skip=cfg.clip_skip, default_seed=self.seed, device=self.device, autocast=self.accelerator.autocast,
-        )
+        with self.inference_mode():
+            paths = draw_samples(
+                self.model, prompts, sampler=cfg.sample_sampler, out_dir=cfg.effective_sample_dir, stem=stem,
+                clip_skip=cfg.clip_skip, default_seed=self.seed, device=self.device, autocast=self.accelerator.autocast,
+            )
         for index, path in enumerate(paths):
             self.events.emit("sample", step=self.global_step, epoch=epoch, index=index, path=str(path))
 
