@@ -293,8 +293,9 @@ def load_diffusers_folder(path: Path, v_prediction: Optional[bool] = None) -> Lo
         raise ModelLoadError(f"{path} is a folder but not a diffusers model (no unet/ and vae/ inside)")
     unet = UNet2DConditionModel.from_pretrained(sub("unet"), local_files_only=True)
     vae = AutoencoderKL.from_pretrained(sub("vae"), local_files_only=True)
-    arch = "sdxl" if (path / "text_encoder_2").is_dir() else ("sd2" if unet.config.cross_attention_dim == 1024 else "sd1")
     tes = [CLIPTextModel.from_pretrained(sub("text_encoder"), local_files_only=True)]
+    # SD2's text encoder is OpenCLIP's (gelu), SD1's is OpenAI's CLIP (quick_gelu)
+    arch = "sdxl" if (path / "text_encoder_2").is_dir() else ("sd2" if tes[0].config.hidden_act == "gelu" else "sd1")
     toks = [CLIPTokenizer.from_pretrained(sub("tokenizer"), local_files_only=True)]
     if arch == "sdxl":
         tes.append(CLIPTextModelWithProjection.from_pretrained(sub("text_encoder_2"), local_files_only=True))
@@ -303,11 +304,25 @@ def load_diffusers_folder(path: Path, v_prediction: Optional[bool] = None) -> Lo
     sched = json.loads(sched_path.read_text()) if sched_path.is_file() else base_configs(arch)["scheduler"]
     if v_prediction is None:
         v_prediction = sched.get("prediction_type") == "v_prediction"
-    digest = hashlib.sha256(json.dumps(dict(unet.config), sort_keys=True, default=str).encode()).hexdigest()
+    digest = folder_hash(path, ["unet", "vae", "text_encoder", "text_encoder_2"])
     return LoadedModel(
         arch=arch, unet=unet, vae=vae, text_encoders=tes, tokenizers=toks, scheduler_config=sched,
         v_prediction=bool(v_prediction), name=path.name, model_hash=digest[:8], new_model_hash=digest,
     )
+
+
+def folder_hash(path: Path, parts: list[str]) -> str:
+    """sha256 over the weight files of a diffusers folder's parts (names and bytes), wherever the folder lies."""
+    sha = hashlib.sha256()
+    for part in parts:
+        for file in sorted((path / part).glob("*")) if (path / part).is_dir() else []:
+            if file.suffix not in (".safetensors", ".bin"):
+                continue
+            sha.update(f"{part}/{file.name}\0".encode())
+            with open(file, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    sha.update(chunk)
+    return sha.hexdigest()
 
 
 def load_model(path_or_name: str, v_prediction: Optional[bool] = None) -> LoadedModel:

@@ -147,6 +147,9 @@ class Trainer:
         if self.device.type == "cuda":
             m.unet.to(memory_format=torch.channels_last)
 
+        # the network's random init must not depend on how much randomness loading the model used (a diffusers
+        # folder loads without initialising layers, a single file initialises them first)
+        torch.manual_seed(data_mod.derive_seed(self.seed, "network"))
         self.network = create_network(cfg, m.text_encoders, m.unet, self.train_unet, self.train_te)
         self.name_map = unet_name_map(m.unet, m.arch)
         if cfg.network_weights:
