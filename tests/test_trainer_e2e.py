@@ -74,7 +74,7 @@ def _as_diffusers_folder(checkpoint: Path, folder: Path, v_prediction: bool) -> 
     model.vae.save_pretrained(folder / "vae")
     for i, (te, tok) in enumerate(zip(model.text_encoders, model.tokenizers)):
         suffix = f"_{i + 1}" if i else ""
-        te.save_pretrained(folder / f"text_encoder{suffix}")
+        te.save_pretrained(folder / f"text_encoder{suffix}", safe_serialization=True)
         tok.save_pretrained(folder / f"tokenizer{suffix}")
     scheduler = dict(model.scheduler_config, prediction_type="v_prediction" if v_prediction else "epsilon")
     (folder / "scheduler").mkdir()

@@ -616,6 +616,13 @@ def _bad_checkpoint(tmp: Path, kind: str, good: Path) -> Path:
     elif kind == "ckpt_garbage":
         path = tmp / "not_a_model.ckpt"
         path.write_bytes(b"PK\x03\x04 not really a zip")
+    elif kind in ("half_copied_folder", "pickled_folder"):  # diffusers folders
+        path = tmp / kind
+        for name in ("unet", "vae"):
+            (path / name).mkdir(parents=True)
+            (path / name / "config.json").write_text("{}", encoding="utf-8")
+        weights = "diffusion_pytorch_model." + ("safetensors" if kind == "half_copied_folder" else "bin")
+        (path / "unet" / weights).write_bytes(b"\x00" * 100)  # its copy broke off
     return path
 
 
@@ -625,6 +632,8 @@ def _bad_checkpoint(tmp: Path, kind: str, good: Path) -> Path:
     ("truncated", ["not_a_model.safetensors", "incomplete"]),
     ("lora_file", ["not a Stable Diffusion checkpoint"]),
     ("ckpt_garbage", ["not_a_model.ckpt", "safetensors"]),
+    ("half_copied_folder", ["half_copied_folder/unet", "incomplete"]),
+    ("pickled_folder", ["pickled_folder/unet", "safetensors"]),
 ])
 def test_bad_base_model_fails_clearly(tiny_sd1, guarded, kind, words):
     model = _bad_checkpoint(guarded, kind, tiny_sd1)

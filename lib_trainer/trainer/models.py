@@ -286,20 +286,36 @@ def load_diffusers_folder(path: Path, v_prediction: Optional[bool] = None) -> Lo
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    def sub(name: str) -> Path:
-        return path / name
-
     if not (path / "unet").is_dir() or not (path / "vae").is_dir():
         raise ModelLoadError(f"{path} is a folder but not a diffusers model (no unet/ and vae/ inside)")
-    unet = UNet2DConditionModel.from_pretrained(sub("unet"), local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(sub("vae"), local_files_only=True)
-    tes = [CLIPTextModel.from_pretrained(sub("text_encoder"), local_files_only=True)]
+
+    def part(cls, name: str):
+        if cls in (CLIPTokenizer,):
+            kwargs: dict = {}
+        elif any((path / name).glob("*.safetensors")):
+            kwargs = {"use_safetensors": True}
+        else:  # .bin weights are pickles, which old torch versions unpickle unchecked (like .ckpt files)
+            raise ModelLoadError(
+                f"{path.name}/{name} has no .safetensors weights; only safetensors are read from diffusers folders "
+                "(pickled .bin files can run code): convert the folder or pick a single-file checkpoint"
+            )
+        try:
+            return cls.from_pretrained(path / name, local_files_only=True, **kwargs)
+        except Exception as exc:  # a missing config, a half-copied file: name the part, not a hub id
+            raise ModelLoadError(
+                f"{path.name}/{name} cannot be loaded ({exc.__class__.__name__}: {str(exc)[:300]}); the diffusers "
+                "folder is incomplete or damaged: copy it again or pick a single-file checkpoint"
+            ) from None
+
+    unet = part(UNet2DConditionModel, "unet")
+    vae = part(AutoencoderKL, "vae")
+    tes = [part(CLIPTextModel, "text_encoder")]
     # SD2's text encoder is OpenCLIP's (gelu), SD1's is OpenAI's CLIP (quick_gelu)
     arch = "sdxl" if (path / "text_encoder_2").is_dir() else ("sd2" if tes[0].config.hidden_act == "gelu" else "sd1")
-    toks = [CLIPTokenizer.from_pretrained(sub("tokenizer"), local_files_only=True)]
+    toks = [part(CLIPTokenizer, "tokenizer")]
     if arch == "sdxl":
-        tes.append(CLIPTextModelWithProjection.from_pretrained(sub("text_encoder_2"), local_files_only=True))
-        toks.append(CLIPTokenizer.from_pretrained(sub("tokenizer_2"), local_files_only=True))
+        tes.append(part(CLIPTextModelWithProjection, "text_encoder_2"))
+        toks.append(part(CLIPTokenizer, "tokenizer_2"))
     sched_path = path / "scheduler" / "scheduler_config.json"
     sched = json.loads(sched_path.read_text()) if sched_path.is_file() else base_configs(arch)["scheduler"]
     if v_prediction is None:
