@@ -137,8 +137,10 @@ class HostContract:
         assert "Lora hashes" in result.infotext, result.infotext
         full = pixels(result.image)
         assert not np.array_equal(full, base)
-        partial = hut.draw(loras=[LoraSpec(str(hut.lora), 0.4)])
+        partial = hut.draw(loras=[LoraSpec(str(hut.lora), 0.2)])
         assert not np.array_equal(partial, base) and not np.array_equal(partial, full)
+        # a small weight stays near the base picture; at larger ones the distance in pixels need not grow with the
+        # weight (sampling is far from linear: with this LoRA 0.7 moved the picture further than 1.0)
         assert np.abs(partial - base).mean() < np.abs(full - base).mean()
 
     def test_weight_zero_and_no_lora_give_exactly_the_base_image(self, hut: HostUnderTest):
