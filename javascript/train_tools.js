@@ -54,9 +54,18 @@
             return;
         }
         const before = message.textContent.trim();
+        const busy = function () {
+            return message.querySelector(".wrap:not(.hide)") !== null;
+        };
+        // Right after a project is made its panels' refresh may still be pending, with gradio's progress shown on
+        // the message too: that progress is not the import's, so it must have gone once before one counts.
+        let othersPending = busy();
         const observer = new MutationObserver(function () {
             const now = message.textContent.trim();
-            if (message.querySelector(".wrap:not(.hide)") || (now && now !== before)) {
+            if (othersPending && !busy()) {
+                othersPending = false;
+            }
+            if ((!othersPending && busy()) || (now && now !== before)) {
                 zone.removeAttribute(NOTE);
                 observer.disconnect();
             }
