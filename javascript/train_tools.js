@@ -53,15 +53,23 @@
         if (!message || typeof MutationObserver !== "function") {
             return;
         }
-        const before = message.textContent.trim();
+        // The message's own text, without gradio's status tracker (".wrap": "queue: 1/1 | 0.4s", "processing"),
+        // which also ticks for other events that write the message, such as the refresh after "Create project".
+        const ownText = function () {
+            const copy = message.cloneNode(true);
+            copy.querySelectorAll(".wrap").forEach(function (wrap) {
+                wrap.remove();
+            });
+            return copy.textContent.trim();
+        };
+        const before = ownText();
         const busy = function () {
             return message.querySelector(".wrap:not(.hide)") !== null;
         };
-        // Right after a project is made its panels' refresh may still be pending, with gradio's progress shown on
-        // the message too: that progress is not the import's, so it must have gone once before one counts.
+        // Such a pending event's progress is not the import's either: it must have gone once before one counts.
         let othersPending = busy();
         const observer = new MutationObserver(function () {
-            const now = message.textContent.trim();
+            const now = ownText();
             if (othersPending && !busy()) {
                 othersPending = false;
             }

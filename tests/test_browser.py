@@ -317,6 +317,8 @@ def test_uploads_on_a_slow_link_right_after_creating_a_project(app, page, tmp_pa
         tab.contains("train_tools_project_message", name)
         drop_files(page, tab.el("train_tools_upload"), slow)
         expect(zone).to_have_attribute("data-train-tools-note", "Uploading 3 files…", timeout=5_000)
+        page.wait_for_timeout(1_500)  # still sending (≥ 4 s): the panels' refresh ticking meanwhile leaves the note
+        expect(zone).to_have_attribute("data-train-tools-note", "Uploading 3 files…", timeout=100)
         tab.shot("slow_upload_" + name.split()[1])
         tab.contains("train_tools_import_message", "3 pictures imported", timeout=60_000)
         tab.contains("train_tools_dataset_report", "3 pictures")
