@@ -116,6 +116,11 @@ def test_a_diffusers_folder_loads_and_trains_like_its_single_file(tiny_models, t
     other = tmp_path / "other"
     shutil.copytree(folder, other)
     assert load_diffusers_folder(other).new_model_hash == from_folder.new_model_hash  # the weights, not the place
+    for part in ("unet", "text_encoder"):  # only fp16 "variant" files, as some folders are published
+        for file in (other / part).glob("*.safetensors"):
+            file.rename(file.with_suffix(".fp16.safetensors"))
+    variant = load_diffusers_folder(other)
+    assert torch.equal(variant.unet.conv_in.weight, from_folder.unet.conv_in.weight)
     vae_file = next((other / "vae").glob("diffusion_pytorch_model.*"))
     from safetensors.torch import load_file, save_file
 

@@ -290,10 +290,13 @@ def load_diffusers_folder(path: Path, v_prediction: Optional[bool] = None) -> Lo
         raise ModelLoadError(f"{path} is a folder but not a diffusers model (no unet/ and vae/ inside)")
 
     def part(cls, name: str):
+        weights = sorted(f.name for f in (path / name).glob("*.safetensors"))
         if cls in (CLIPTokenizer,):
             kwargs: dict = {}
-        elif any((path / name).glob("*.safetensors")):
+        elif weights:
             kwargs = {"use_safetensors": True}
+            if all(w.endswith(".fp16.safetensors") for w in weights):  # a folder of fp16 "variant" files only
+                kwargs["variant"] = "fp16"
         else:  # .bin weights are pickles, which old torch versions unpickle unchecked (like .ckpt files)
             raise ModelLoadError(
                 f"{path.name}/{name} has no .safetensors weights; only safetensors are read from diffusers folders "
