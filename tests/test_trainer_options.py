@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 
 from tests.trainer_fixtures import (
+    BNB_CHECK_DEPS,
+    NETWORKS,
     fast_trainer,  # noqa: F401  (fixture)
     load_lora,
     make_config,
@@ -24,8 +26,6 @@ from tests.trainer_fixtures import (
     train,
     write_picture,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("fast_trainer")
 
@@ -49,13 +49,6 @@ def baseline(tiny_sd1, tmp_path_factory, fast_trainer):
 
 # ---- 1. network types ----------------------------------------------------------------------------------------
 
-NETWORKS = {
-    "lora": dict(),
-    "locon": dict(conv_dim=2, conv_alpha=1.0),
-    "loha": dict(network_module="lycoris.kohya", network_args=["algo=loha"]),
-    "lokr": dict(network_module="lycoris.kohya", network_args=["algo=lokr"]),
-    "dora": dict(network_module="lycoris.kohya", network_args=["algo=lora", "dora_wd=True"]),
-}
 CONV_MODULE = "lora_unet_down_blocks_0_resnets_0_conv1"
 ATTN_MODULE = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
 TE_MODULE = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
@@ -135,16 +128,15 @@ def test_adamw8bit_on_cpu_asks_for_adamw(tiny_sd1, tmp_path, monkeypatch):
     assert not result.of("step") and not list(Path(result.cfg.output_dir).glob("*.safetensors"))
 
 
-BNB_CHECK_DEPS = ROOT / ".bnb-check-deps"  # bitsandbytes, put there by .ci/setup (install.py adds it on CUDA only)
-
-
 def _train_cli(tmp: Path, cfg, *extra_path: Path) -> list[dict]:
+    """The trainer as the job runner starts it (deps.trainer_env), with ``extra_path`` first on its path."""
+    from lib_trainer import deps
     from lib_trainer.trainer.schema import save_config
 
     config = tmp / f"{Path(cfg.output_dir).name}.toml"
     save_config(cfg, config)
-    path = [str(p) for p in extra_path] + [str(ROOT), str(ROOT / "trainer_deps")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), OMP_NUM_THREADS="1")
+    env = deps.trainer_env(sys.executable)
+    env.update(PYTHONPATH=os.pathsep.join([*map(str, extra_path), env["PYTHONPATH"]]), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "lib_trainer.trainer", str(config)], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=300)
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -591,8 +583,10 @@ def test_unknown_config_key_is_named():
 def test_unknown_config_key_through_the_command_line(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text('pretrained_model_name_or_path = "x.safetensors"\nnetwrk_dim = 8\n', encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "trainer_deps")]))
-    proc = subprocess.run([sys.executable, "-m", "lib_trainer.trainer", str(config)], cwd=tmp_path, env=env,
+    from lib_trainer import deps
+
+    proc = subprocess.run([sys.executable, "-m", "lib_trainer.trainer", str(config)], cwd=tmp_path,
+                          env=deps.trainer_env(sys.executable),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

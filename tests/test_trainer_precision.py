@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from tests.trainer_fixtures import (
+    BNB_CHECK_DEPS,
+    NETWORKS,
     fast_trainer,  # noqa: F401  (fixture)
     load_lora,
     make_config,
@@ -50,15 +52,6 @@ def gpu_precision(monkeypatch):
     monkeypatch.setattr(accelerate, "Accelerator", CpuFp16Accelerator)
     yield
     AcceleratorState._reset_state()  # the next in-process run starts in fp32 again
-
-
-NETWORKS = {
-    "lora": dict(),
-    "locon": dict(conv_dim=2, conv_alpha=1.0),
-    "loha": dict(network_module="lycoris.kohya", network_args=["algo=loha"]),
-    "lokr": dict(network_module="lycoris.kohya", network_args=["algo=lokr"]),
-    "dora": dict(network_module="lycoris.kohya", network_args=["algo=lora", "dora_wd=True"]),
-}
 
 
 def trained_ok(result, dtype: str) -> dict:
@@ -126,8 +119,6 @@ def test_fp16_scales_the_loss_and_resume_restores_the_scaler(gpu_precision, tiny
 def bitsandbytes_importable(monkeypatch):
     """bitsandbytes from .ci/setup's side folder, imported into this process (it registers torch ops, so it cannot
     be imported twice; the test of the trainer's message without it hides it again)."""
-    from tests.test_trainer_options import BNB_CHECK_DEPS
-
     assert (BNB_CHECK_DEPS / "bitsandbytes").is_dir(), f"{BNB_CHECK_DEPS} is missing: run `bash .ci/setup`"
     monkeypatch.syspath_prepend(str(BNB_CHECK_DEPS))
     import bitsandbytes  # noqa: F401  (while the side folder is on the path)
@@ -155,8 +146,6 @@ def test_presets_train_as_configured_for_a_gpu(gpu_precision, bitsandbytes_impor
     cfg = config.build_config(paths, str(model), arch, preset, vram_gb, overrides=tiny, sample_prompt="tt_dog, dog",
                               cuda=True)
     assert cfg.mixed_precision == "fp16"
-    from tests.trainer_fixtures import train
-
     result = train(cfg)
     tensors = trained_ok(result, "float16")
     assert [Path(c).name for c in result.one("done")["checkpoints"]] == ["tt-000001.safetensors", "tt.safetensors"]

@@ -7,6 +7,7 @@ the helpers directly:
 - ``make_dataset(root)``: ``root/train/5_tt_dog/`` with 4 generated pictures (64x64 and 96x64) + .txt captions;
 - ``make_config(tmp, model_path, **overrides)``: a TrainConfig for a 1-step, 64px, dim-2 run writing into tmp;
 - ``train(cfg)``: runs the trainer in-process and returns a ``Run`` (exit code, parsed events, helpers);
+- ``NETWORKS``: the config overrides of each network type; ``BNB_CHECK_DEPS``: .ci/setup's bitsandbytes folder;
 - ``fast_trainer``: one torch thread (tiny ops on a shared 2-core machine are many times faster single-threaded)
   and a one-picture/one-timestep fixed-noise score, restored afterwards.
 """
@@ -153,6 +154,19 @@ def tiny_sd1(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory, "sdxl")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BNB_CHECK_DEPS = ROOT / ".bnb-check-deps"  # bitsandbytes, put there by .ci/setup (install.py adds it on CUDA only)
+
+# The network types, as each is asked for in a config (the tiny models' conv layers take conv_dim 2)
+NETWORKS = {
+    "lora": dict(),
+    "locon": dict(conv_dim=2, conv_alpha=1.0),
+    "loha": dict(network_module="lycoris.kohya", network_args=["algo=loha"]),
+    "lokr": dict(network_module="lycoris.kohya", network_args=["algo=lokr"]),
+    "dora": dict(network_module="lycoris.kohya", network_args=["algo=lora", "dora_wd=True"]),
+}
 
 
 @contextlib.contextmanager
