@@ -226,6 +226,11 @@ def _open_clip_te(sd: dict, prefix: str, base: dict, drop_last_layer: bool, with
     return _load_into(model, state, "text encoder")
 
 
+def _hash_file(sha, fh) -> None:
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        sha.update(chunk)
+
+
 def file_hashes(path: Path) -> tuple[str, str]:
     """(legacy short hash as sd-scripts' ss_sd_model_hash, full sha256 as ss_new_sd_model_hash)."""
     sha = hashlib.sha256()
@@ -234,8 +239,7 @@ def file_hashes(path: Path) -> tuple[str, str]:
         fh.seek(0x100000)
         legacy.update(fh.read(0x10000))
         fh.seek(0)
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(chunk)
+        _hash_file(sha, fh)
     return legacy.hexdigest()[:8], sha.hexdigest()
 
 
@@ -290,18 +294,17 @@ def load_diffusers_folder(path: Path, v_prediction: Optional[bool] = None) -> Lo
         raise ModelLoadError(f"{path} is a folder but not a diffusers model (no unet/ and vae/ inside)")
 
     def part(cls, name: str):
-        weights = sorted(f.name for f in (path / name).glob("*.safetensors"))
-        if cls in (CLIPTokenizer,):
-            kwargs: dict = {}
-        elif weights:
-            kwargs = {"use_safetensors": True}
+        kwargs: dict = {}
+        if cls is not CLIPTokenizer:
+            weights = [f.name for f in (path / name).glob("*.safetensors")]
+            if not weights:  # .bin weights are pickles, which old torch versions unpickle unchecked (like .ckpt)
+                raise ModelLoadError(
+                    f"{path.name}/{name} has no .safetensors weights; only safetensors are read from diffusers "
+                    "folders (pickled .bin files can run code): convert the folder or pick a single-file checkpoint"
+                )
+            kwargs["use_safetensors"] = True
             if all(w.endswith(".fp16.safetensors") for w in weights):  # a folder of fp16 "variant" files only
                 kwargs["variant"] = "fp16"
-        else:  # .bin weights are pickles, which old torch versions unpickle unchecked (like .ckpt files)
-            raise ModelLoadError(
-                f"{path.name}/{name} has no .safetensors weights; only safetensors are read from diffusers folders "
-                "(pickled .bin files can run code): convert the folder or pick a single-file checkpoint"
-            )
         try:
             return cls.from_pretrained(path / name, local_files_only=True, **kwargs)
         except Exception as exc:  # a missing config, a half-copied file: name the part, not a hub id
@@ -339,8 +342,7 @@ def folder_hash(path: Path, parts: list[str]) -> str:
                 continue
             sha.update(f"{part}/{file.name}\0".encode())
             with open(file, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    sha.update(chunk)
+                _hash_file(sha, fh)
     return sha.hexdigest()
 
 
