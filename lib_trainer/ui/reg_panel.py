@@ -43,7 +43,10 @@ def current(version: Optional[Version]) -> Optional[Concept]:
 
 
 def status_text(version: Optional[Version]) -> str:
-    concept = current(version)
+    return _status(current(version))
+
+
+def _status(concept: Optional[Concept]) -> str:
     if concept is None or concept.pictures == 0:
         return tr("No regularization pictures: the LoRA trains on your pictures alone (the usual choice).")
     return tr("{n} regularization pictures of \"{name}\" (repeats: {repeats}, folder {folder}); a picture without "
@@ -55,7 +58,7 @@ def on_refresh(ctx: UIContext, project: Optional[str], version_name: Optional[st
     concept = current(ctx.version(project, version_name))
     name = concept.name if concept else ""
     repeats = concept.repeats if concept else DEFAULT_REPEATS
-    return name, repeats, status_text(ctx.version(project, version_name)), ""
+    return name, repeats, _status(concept), ""
 
 
 def _editable(ctx: UIContext, project: Optional[str], version_name: Optional[str]) -> Version:
