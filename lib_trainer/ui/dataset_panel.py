@@ -343,5 +343,5 @@ def build(ctx: UIContext, project: Any, version: Any, preset: Any = None) -> Dat
     return panel
 
 
-__all__ = ["DatasetPanel", "build", "on_refresh", "on_import", "import_inputs", "import_into", "on_preprocess", "on_suggest_repeats",
-           "on_apply_repeats", "report_markdown", "preprocess_settings", "CROP_CHOICES", "BUILT_IN_UPSCALER"]
+__all__ = ["DatasetPanel", "build", "on_refresh", "on_import", "import_inputs", "import_into", "on_preprocess",
+           "on_suggest_repeats", "on_apply_repeats", "report_markdown", "preprocess_settings", "CROP_CHOICES", "BUILT_IN_UPSCALER"]
