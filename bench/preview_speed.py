@@ -3,7 +3,7 @@ the same txt2img requests sent straight to the host.
 
     PYTHONPATH=.:trainer_deps python bench/preview_speed.py [--checkpoints 3] [--prompts 2] [--out FILE]
 
-Prints ONE JSON document on stdout (progress on stderr). Set-up: a tiny SD1 model (lib_trainer.tiny_model), a
+Prints ONE JSON document on stdout (progress on stderr). Set-up: a tiny SD1 model (lib_trainer.demo.tiny_model), a
 project whose version is trained by the real trainer for ``--checkpoints`` epochs (one checkpoint each), and the
 standalone host (diffusers). One preview is drawn first, untimed, so that the model and every LoRA are loaded
 (the host caches ``--checkpoints`` LoRAs). Then, ``--repeats`` times and alternating:
@@ -57,7 +57,7 @@ def write_dataset(folder: Path, count: int = 4) -> None:
 def train_version(root: Path, epochs: int):
     """A version with ``epochs`` checkpoints, trained by the real trainer on a tiny SD1 model."""
     from lib_trainer.projects import Workspace
-    from lib_trainer.tiny_model import write_tiny_checkpoint
+    from lib_trainer.demo.tiny_model import write_tiny_checkpoint
     from lib_trainer.trainer.events import EventWriter
     from lib_trainer.trainer.schema import TrainConfig, save_config
     from lib_trainer.trainer.train import run

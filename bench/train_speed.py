@@ -20,13 +20,13 @@ in this process (peak RSS is then reset through /proc/self/clear_refs where Linu
 
 Presets:
 
-* ``cpu-tiny`` (default without CUDA): the tiny sd1, sd2-v and sdxl models of ``lib_trainer.tiny_model`` at 64 px,
+* ``cpu-tiny`` (default without CUDA): the tiny sd1, sd2-v and sdxl models of ``lib_trainer.demo.tiny_model`` at 64 px,
   batch 1 and 4, fp32, a few dozen steps. A couple of minutes on 2 cores.
 * ``gpu`` (default with CUDA): full-size, randomly initialised SD1.5 at 512 px (batch 1 and 4, fp16, cached
   latents, gradient checkpointing on and off) and SDXL at 1024 px (batch 1, fp16 and bf16, gradient
   checkpointing on), ~30 steps each. The full-size checkpoints are generated here in the original LDM single-file
   layout from the diffusers configs the trainer ships (model_configs/{sd1,sdxl}.json), with the tensor builders of
-  ``lib_trainer.tiny_model`` (about 2 GB for SD1.5 and 7 GB for SDXL in the temporary folder).
+  ``lib_trainer.demo.tiny_model`` (about 2 GB for SD1.5 and 7 GB for SDXL in the temporary folder).
 
 Everything is written to a temporary folder (``--tmp`` picks its parent) that is removed at the end.
 """
@@ -180,44 +180,14 @@ def ldm_build_config(arch: str, diffusers_cfg: dict) -> dict:
 
 
 def build_state_dict_from_config(config: dict, seed: int = 0, dtype=None) -> dict:
-    """Random tensors under LDM key names for a builder config shaped like tiny_model.TINY_CONFIGS[arch].
-
-    Uses tiny_model's public ``build_state_dict(config, seed, dtype)`` when it has one; otherwise its (private)
-    per-part builders, which already take these configs.
-    """
+    """Random tensors under LDM key names for a builder config shaped like tiny_model.TINY_CONFIGS[arch], drawn on
+    the GPU when there is one."""
     import torch
 
-    from lib_trainer import tiny_model
+    from lib_trainer.demo import tiny_model
 
-    dtype = dtype or torch.float16
-    public = getattr(tiny_model, "build_state_dict", None)
-    if callable(public):
-        return public(config, seed=seed, dtype=dtype)
-    needed = ("_Builder", "_unet", "_vae", "_hf_clip", "_open_clip")
-    missing = [n for n in needed if not hasattr(tiny_model, n)]
-    if missing:
-        raise RuntimeError(
-            "lib_trainer.tiny_model cannot build a model from a config: it needs build_state_dict(config, seed, "
-            f"dtype) (or its builders {', '.join(needed)}; missing {', '.join(missing)})"
-        )
-    b = tiny_model._Builder(seed, dtype)
-    if torch.cuda.is_available():
-        # Billions of numbers: draw them on the GPU (minutes less for SDXL than the CPU generator), keep them on
-        # the CPU. Same distributions as the builder's own draws, other values.
-        gen = torch.Generator("cuda").manual_seed(seed)
-
-        def uniform(shape, bound):
-            return ((torch.rand(shape, generator=gen, device="cuda") * 2 - 1) * bound).to(dtype).cpu()
-
-        def normal(shape, std, mean=0.0):
-            return (torch.randn(shape, generator=gen, device="cuda") * std + mean).to(dtype).cpu()
-
-        b._uniform, b._normal = uniform, normal
-    tiny_model._unet(b, config["unet"])
-    tiny_model._vae(b, config["vae"])
-    for te in config["text_encoders"]:
-        (tiny_model._hf_clip if te["layout"] == "hf_clip" else tiny_model._open_clip)(b, te)
-    return b.tensors
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return tiny_model.build_state_dict(config, seed=seed, dtype=dtype or torch.float16, device=device)
 
 
 def write_full_checkpoint(arch: str, path: Path, seed: int = 0) -> Path:
@@ -246,7 +216,7 @@ def write_checkpoint(spec: RunSpec, folder: Path, cache: dict) -> Path:
             arch = "sd2" if spec.arch == "sd2-v" else spec.arch
             path = write_full_checkpoint(arch, folder / f"full-{spec.arch}.safetensors")
         else:
-            from lib_trainer.tiny_model import write_tiny_checkpoint
+            from lib_trainer.demo.tiny_model import write_tiny_checkpoint
 
             path = write_tiny_checkpoint(spec.arch, folder / f"tiny-{spec.arch}.safetensors")
         log(f"wrote {path.name} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")

@@ -90,7 +90,7 @@ def make_context(args: argparse.Namespace) -> Tuple[Any, List[str]]:
     if args.tiny or not host.checkpoints():
         tiny = workspace.root / "models" / TINY_MODEL_NAME
         if not tiny.is_file():
-            from lib_trainer.tiny_model import write_tiny_checkpoint
+            from lib_trainer.demo.tiny_model import write_tiny_checkpoint
 
             write_tiny_checkpoint("sd1", tiny)
         host = StandaloneHost(workspace.root, ckpt_dirs, lora_dir=lora_dir, outputs_dir=workspace.root,

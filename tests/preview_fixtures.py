@@ -34,7 +34,7 @@ class Trained:
 def make_trained(root: Path) -> Trained:
     import torch
 
-    from lib_trainer.tiny_model import write_tiny_checkpoint
+    from lib_trainer.demo.tiny_model import write_tiny_checkpoint
     from lib_trainer.trainer.events import EventWriter
     from lib_trainer.trainer.schema import TrainConfig, save_config
     from lib_trainer.trainer.train import Trainer, run

@@ -25,7 +25,7 @@ import psutil
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from lib_trainer.demo import draw_dataset
+from lib_trainer.demo.run import draw_dataset
 from tests.browser_support import TabPage, drop_files
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from lib_trainer.demo import draw_dataset
+from lib_trainer.demo.run import draw_dataset
 from tests.browser_support import TabPage, drop_files
 from tests.trainer_fixtures import tiny_sd1  # noqa: F401 — fixture by name
 from tests.webui_server import CHECKPOINT_NAME, WEBUI_ENV

@@ -73,7 +73,7 @@ def torch_one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from lib_trainer.tiny_model import write_tiny_checkpoint
+    from lib_trainer.demo.tiny_model import write_tiny_checkpoint
 
     path = tmp_path_factory.mktemp("models") / "tiny-sd1.safetensors"
     write_tiny_checkpoint("sd1", path)

@@ -42,7 +42,7 @@ def test_checkpoint_folders_are_scanned_and_architectures_detected(tmp_path, tin
     import torch
     from safetensors.torch import load_file
 
-    from lib_trainer.tiny_model import write_tiny_checkpoint
+    from lib_trainer.demo.tiny_model import write_tiny_checkpoint
 
     one, two = tmp_path / "one", tmp_path / "two"
     (one / "sub").mkdir(parents=True)
@@ -102,7 +102,7 @@ def test_embedded_tiny_model_is_listed_and_written_on_first_use(tmp_path):
 
 
 def test_the_last_checkpoint_used_is_the_current_one(tmp_path, tiny_sd1):
-    from lib_trainer.tiny_model import write_tiny_checkpoint
+    from lib_trainer.demo.tiny_model import write_tiny_checkpoint
 
     other = write_tiny_checkpoint("sd1", tmp_path / "models" / "zz_other.safetensors", seed=7)
     host = StandaloneHost(tmp_path, [tmp_path / "models", tiny_sd1.parent], max_pipelines=1)
@@ -184,7 +184,7 @@ def test_every_network_type_applies_and_goes_away(host, tiny_sd1, tmp_path, kind
 
 
 def test_sdxl_lora_applies_through_its_ldm_names(tmp_path, contract_lora):
-    from lib_trainer.tiny_model import write_tiny_checkpoint
+    from lib_trainer.demo.tiny_model import write_tiny_checkpoint
 
     xl = write_tiny_checkpoint("sdxl", tmp_path / "models" / "tiny-xl.safetensors")
     run = train(make_config(tmp_path / "train", xl, max_train_steps=2, learning_rate=1e-2)).assert_ok()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from lib_trainer.tiny_model import ARCHS, TINY_CONFIGS, build_tiny_state_dict, write_tiny_checkpoint
+from lib_trainer.demo.tiny_model import ARCHS, TINY_CONFIGS, build_tiny_state_dict, write_tiny_checkpoint
 
 pytest.importorskip("diffusers")
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
@@ -195,7 +195,7 @@ def test_write_and_cli(tmp_path: Path) -> None:
 
     out = tmp_path / "cli.safetensors"
     subprocess.run(
-        [sys.executable, "-m", "lib_trainer.tiny_model", "--arch", "sd1", str(out), "--seed", "3"],
+        [sys.executable, "-m", "lib_trainer.demo.tiny_model", "--arch", "sd1", str(out), "--seed", "3"],
         cwd=ROOT, check=True, capture_output=True, timeout=120,
     )
     assert 1 << 20 < out.stat().st_size < 64 << 20

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from lib_trainer.tiny_model import write_tiny_checkpoint
+    from lib_trainer.demo.tiny_model import write_tiny_checkpoint
 
     folder = tmp_path_factory.mktemp("models")
     return {arch: write_tiny_checkpoint(arch, folder / f"tiny-{arch}.safetensors") for arch in ARCHS}

@@ -6,7 +6,7 @@ import functools
 import pytest
 import torch
 
-from lib_trainer.tiny_model import TINY_CONFIGS, build_tiny_state_dict
+from lib_trainer.demo.tiny_model import TINY_CONFIGS, build_tiny_state_dict
 from webui_keymap import (
     webui_dropped_keys,
     webui_network_layer_names,

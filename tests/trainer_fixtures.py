@@ -139,7 +139,7 @@ def load_lora(path: Path) -> tuple[dict, dict]:
 
 
 def tiny_checkpoint(tmp_path_factory, arch: str) -> Path:
-    from lib_trainer.tiny_model import write_tiny_checkpoint
+    from lib_trainer.demo.tiny_model import write_tiny_checkpoint
 
     path = tmp_path_factory.mktemp("tiny_models") / f"tiny_{arch}.safetensors"
     write_tiny_checkpoint(arch, path)

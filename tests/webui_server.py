@@ -73,7 +73,7 @@ def write_tiny_sd1_config(webui_dir: Path, checkpoint: Path, clip_dir: Path) -> 
     fetch ``openai/clip-vit-large-patch14`` from the Hugging Face hub)."""
     import re
 
-    from lib_trainer.tiny_model import TINY_CONFIGS
+    from lib_trainer.demo.tiny_model import TINY_CONFIGS
     from lib_trainer.trainer.tokenizer import load_clip_tokenizer
 
     cfg = TINY_CONFIGS["sd1"]

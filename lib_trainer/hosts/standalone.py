@@ -100,7 +100,7 @@ def _tag_name(path: Path) -> str:
 
 class StandaloneHost(Host):
     """The diffusers host. ``checkpoint_dirs`` are searched recursively; ``embedded_tiny`` is a path where a tiny
-    SD1 model (lib_trainer.tiny_model) lives or will be written the first time it is used."""
+    SD1 model (lib_trainer.demo.tiny_model) lives or will be written the first time it is used."""
 
     name = "standalone"
 
@@ -226,7 +226,7 @@ class StandaloneHost(Host):
 
         path = Path(info.path)
         if self._embedded_tiny is not None and path == self._embedded_tiny and not path.is_file():
-            from lib_trainer.tiny_model import write_tiny_checkpoint
+            from lib_trainer.demo.tiny_model import write_tiny_checkpoint
 
             write_tiny_checkpoint("sd1", path)
         while len(self._pipelines) >= self._max_pipelines:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from . import deps
-from .tiny_model import write_tiny_checkpoint
-from .trainer.schema import TrainConfig, save_config
+from lib_trainer import deps
+from lib_trainer.demo.tiny_model import write_tiny_checkpoint
+from lib_trainer.trainer.schema import TrainConfig, save_config
 
 COLOURS = {"red": (200, 40, 40), "blue": (40, 70, 200), "green": (40, 160, 60), "yellow": (230, 200, 40)}
 

@@ -7,7 +7,7 @@ text-encoder vocabulary and context length) with every width shrunk, so that a L
 and text-encoder target modules as over the full-size model. The channel multipliers differ from the real ones, so
 which ResBlocks carry a `skip_connection` (a LoCon target) differs slightly.
 
-    python -m lib_trainer.tiny_model --arch sd1 OUT.safetensors [--seed N] [--dtype fp16|fp32]
+    python -m lib_trainer.demo.tiny_model --arch sd1 OUT.safetensors [--seed N] [--dtype fp16|fp32]
 
 The configs below are only what the builder uses; consumers must infer configs from the checkpoint.
 """
@@ -112,21 +112,24 @@ TINY_CONFIGS["sd2-v"] = TINY_CONFIGS["sd2"]  # same weights; v-prediction only c
 class _Builder:
     """Appends deterministically initialised tensors to an ordered state dict."""
 
-    def __init__(self, seed: int, dtype: torch.dtype) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
+    def __init__(self, seed: int, dtype: torch.dtype, device: str = "cpu") -> None:
+        # Full-size models are billions of numbers: drawn on a GPU they take seconds instead of minutes (other
+        # values than the CPU generator's, same distributions). The tensors always end up on the CPU.
+        self.device = device
+        self.generator = torch.Generator(device).manual_seed(seed)
         self.dtype = dtype
         self.tensors: dict[str, torch.Tensor] = {}
 
     def _put(self, name: str, tensor: torch.Tensor) -> None:
         if name in self.tensors:
             raise ValueError(f"duplicate key {name}")
-        self.tensors[name] = tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+        self.tensors[name] = (tensor.to(self.dtype) if tensor.is_floating_point() else tensor).cpu()
 
     def _uniform(self, shape: tuple[int, ...], bound: float) -> torch.Tensor:
-        return (torch.rand(shape, generator=self.generator) * 2 - 1) * bound
+        return (torch.rand(shape, generator=self.generator, device=self.device) * 2 - 1) * bound
 
     def _normal(self, shape: tuple[int, ...], std: float, mean: float = 0.0) -> torch.Tensor:
-        return torch.randn(shape, generator=self.generator) * std + mean
+        return torch.randn(shape, generator=self.generator, device=self.device) * std + mean
 
     def dense(self, weight_key: str, bias_key: str | None, shape: tuple[int, ...]) -> None:
         """Linear or conv weight (out, in, *kernel) at PyTorch's default scale U(+-1/sqrt(fan_in)).
@@ -345,6 +348,19 @@ def _open_clip(b: _Builder, cfg: dict[str, Any]) -> None:
 
 # --- Public API ---------------------------------------------------------------------------------------------------
 
+def build_state_dict(config: dict[str, Any], seed: int = 0, dtype: torch.dtype = torch.float16,
+                     device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Random tensors under the original single-file key names for a builder config shaped like
+    ``TINY_CONFIGS[arch]`` (any sizes: the benchmarks build full-size models with it). ``device`` is where the
+    random numbers are drawn ("cuda" is much faster for full-size models); the tensors are returned on the CPU."""
+    b = _Builder(seed, dtype, device)
+    _unet(b, config["unet"])
+    _vae(b, config["vae"])
+    for te in config["text_encoders"]:
+        (_hf_clip if te["layout"] == "hf_clip" else _open_clip)(b, te)
+    return b.tensors
+
+
 def build_tiny_state_dict(arch: str, seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """A tiny random checkpoint of `arch` (sd1, sd2, sd2-v, sdxl) in the original single-file key layout.
 
@@ -353,13 +369,7 @@ def build_tiny_state_dict(arch: str, seed: int = 0, dtype: torch.dtype = torch.f
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
-    cfg = TINY_CONFIGS[arch]
-    b = _Builder(seed, dtype)
-    _unet(b, cfg["unet"])
-    _vae(b, cfg["vae"])
-    for te in cfg["text_encoders"]:
-        (_hf_clip if te["layout"] == "hf_clip" else _open_clip)(b, te)
-    return b.tensors
+    return build_state_dict(TINY_CONFIGS[arch], seed, dtype)
 
 
 def write_tiny_checkpoint(
@@ -387,7 +397,7 @@ _DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lib_trainer.tiny_model",
+        prog="python -m lib_trainer.demo.tiny_model",
         description="Write a tiny random Stable Diffusion checkpoint in the original single-file layout.",
     )
     parser.add_argument("--arch", required=True, choices=ARCHS)
