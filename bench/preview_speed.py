@@ -88,13 +88,14 @@ def train_version(root: Path, epochs: int):
 
 def bare_requests(version, config, host):
     """The requests run_preview sends, in its order."""
-    from lib_trainer import preview
+    from lib_trainer.preview.config import apply_trigger, version_trigger
+    from lib_trainer.preview.run import plan_cells, resolve_base_model
     from lib_trainer.hosts.base import LoraSpec, Txt2ImgRequest
 
-    trigger = preview.version_trigger(version)
-    prompts = [preview.apply_trigger(p, trigger) for p in config.prompts]
-    cells = preview.plan_cells(prompts, config.weights, version.checkpoints(), config.reference)
-    base = preview.resolve_base_model(version, config, host, [])
+    trigger = version_trigger(version)
+    prompts = [apply_trigger(p, trigger) for p in config.prompts]
+    cells = plan_cells(prompts, config.weights, version.checkpoints(), config.reference)
+    base = resolve_base_model(version, config, host, [])
     return [Txt2ImgRequest(prompt=c.prompt, negative_prompt=config.negative_prompt, seed=config.seed,
                            steps=config.steps, cfg_scale=config.cfg_scale, width=config.width, height=config.height,
                            sampler=config.sampler, clip_skip=config.clip_skip, checkpoint=base,
@@ -118,7 +119,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from lib_trainer import preview
+    from lib_trainer.preview.config import PreviewConfig
+    from lib_trainer.preview.run import run_preview
     from lib_trainer.hosts.standalone import StandaloneHost
 
     torch.set_num_threads(max(1, args.threads))
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
         host = StandaloneHost(tmp, checkpoint_dirs=[model.parent], lora_dir=tmp / "models" / "Lora",
                               outputs_dir=tmp / "outputs", device=args.device, max_loras=max(4, args.checkpoints))
         captions = ["a dog on grass", "a dog in a park, sunny", "close-up of a dog", "a dog running"]
-        config = preview.PreviewConfig(
+        config = PreviewConfig(
             prompts=[captions[i % len(captions)] + (f" {i}" if i >= len(captions) else "") for i in range(args.prompts)],
             weights=[float(w) for w in args.weights.split(",") if w.strip()], width=args.size, height=args.size,
             steps=args.steps, seed=1234,
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
         requests = bare_requests(version, config, host)
         log(f"{len(requests)} cells; warming up (model and LoRAs) ...")
         t0 = time.perf_counter()
-        preview.run_preview(version, host, config, restart=True)
+        run_preview(version, host, config, restart=True)
         warmup_s = time.perf_counter() - t0
 
         bare, runs = [], []
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
                         host.txt2img(request)
                     bare.append(time.perf_counter() - t0)
                 else:
-                    result = preview.run_preview(version, host, config, restart=True)
+                    result = run_preview(version, host, config, restart=True)
                     wall = time.perf_counter() - t0
                     if not result.complete or result.drawn != len(requests):
                         raise SystemExit(f"the preview did not draw every cell: {result}")

@@ -44,9 +44,9 @@ t1 = time.perf_counter()
 double.callbacks["ui_settings"][0]()
 t2 = time.perf_counter()
 
-from lib_trainer import runtime
+from lib_trainer.common import runtime
 from lib_trainer.hosts.base import Host
-from lib_trainer.jobs import JobRunner
+from lib_trainer.jobs.runner import JobRunner
 from lib_trainer.projects import Workspace
 from lib_trainer.ui.context import UIContext
 

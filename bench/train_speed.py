@@ -230,12 +230,13 @@ _WORDS = ("red", "green", "blue", "yellow", "circle", "square", "stripes", "sky"
           "sharp lines", "pattern", "noise", "bright", "dark", "outdoors", "still life")
 
 
-def write_dataset(root: Path, resolution: int, count: int = DATASET_IMAGES, seed: int = 0) -> Path:
-    """kohya layout: root/1_bench/NNN.png + NNN.txt; random-ish pictures a little larger than the resolution."""
+def write_dataset(root: Path, resolution: int, count: int = DATASET_IMAGES, seed: int = 0, repeats: int = 1) -> Path:
+    """kohya layout: root/<repeats>_bench/NNN.png + NNN.txt; random-ish pictures a little larger than the
+    resolution."""
     from PIL import Image, ImageDraw, ImageFilter
 
     rng = random.Random(seed)
-    folder = root / "1_bench"
+    folder = root / f"{repeats}_bench"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         w = int(resolution * rng.uniform(1.0, 1.5))
@@ -369,6 +370,7 @@ def run_one(spec: RunSpec, checkpoint: Path, data_dir: Path, work: Path, threads
 
     from lib_trainer.trainer.events import EventWriter
     from lib_trainer.trainer.schema import validate
+    from lib_trainer.trainer import holdout
     from lib_trainer.trainer.train import Trainer
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -387,7 +389,7 @@ def run_one(spec: RunSpec, checkpoint: Path, data_dir: Path, work: Path, threads
     stream = TimedStream()
     events = EventWriter(None, stream=stream)
     trainer = Trainer(cfg, events)
-    trainer.EVAL_PICTURES = EVAL_PICTURES
+    holdout.EVAL_PICTURES = EVAL_PICTURES
     reset_peak_rss()
     if cuda:
         torch.cuda.empty_cache()

@@ -26,9 +26,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from lib_trainer.i18n import tr
-from lib_trainer.jobs import JobError, JobRunner
-from lib_trainer.names import InvalidName, validate_name
+from lib_trainer.common.i18n import tr
+from lib_trainer.jobs.runner import JobRunner
+from lib_trainer.jobs.store import JobError
+from lib_trainer.common.names import InvalidName, validate_name
 from lib_trainer.projects import Busy, NotFound, Project, ProjectError, Version, Workspace
 
 PREFIX = "/train_tools/v1"
@@ -42,7 +43,7 @@ class JobRequest(BaseModel):
     resume: bool = Field(False, description="Continue from the version's newest saved state instead of starting over")
 
 
-class StopRequest(BaseModel):
+class StopJobBody(BaseModel):
     project: str = Field(..., description="Project name")
     version: str = Field(..., description="Version name")
 
@@ -142,7 +143,7 @@ def mount_api(app: FastAPI, runner: JobRunner, workspace: Workspace,
         return _answer(start)
 
     @router.post("/jobs/stop")
-    def post_stop(request: StopRequest):
+    def post_stop(request: StopJobBody):
         def stop() -> Dict[str, Any]:
             v = find_version(request.project, request.version)
             return {"project": v.project.name, "version": v.name, "result": runner.stop(v.project.name, v.name)}
@@ -164,4 +165,4 @@ def mount_api(app: FastAPI, runner: JobRunner, workspace: Workspace,
     return router
 
 
-__all__ = ["mount_api", "parse_api_auth", "JobRequest", "StopRequest", "PREFIX"]
+__all__ = ["mount_api", "parse_api_auth", "JobRequest", "StopJobBody", "PREFIX"]

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
-from lib_trainer.i18n import set_language, tr
+from lib_trainer.common.cuda import cuda_available
+from lib_trainer.common.i18n import set_language, tr
 
 WORKSPACE_ENV = "TRAIN_TOOLS_WORKSPACE"
 DEFAULT_WORKSPACE = Path("outputs") / "train_tools"
@@ -59,21 +60,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
-
-
 def make_context(args: argparse.Namespace) -> Tuple[Any, List[str]]:
     """The UIContext (workspace, standalone host, started job runner) and notes for the console."""
     use_trainer_deps()
-    from lib_trainer import preview
+    from lib_trainer.preview.config import should_run_after_training
+    from lib_trainer.preview.run import run_preview
     from lib_trainer.hosts.standalone import StandaloneHost
-    from lib_trainer.jobs import JobRunner
+    from lib_trainer.jobs.runner import JobRunner
     from lib_trainer.projects import Workspace
     from lib_trainer.ui.context import UIContext, UISettings
 
@@ -102,11 +95,11 @@ def make_context(args: argparse.Namespace) -> Tuple[Any, List[str]]:
     host.checkpoints()
 
     def after_train(version: Any) -> None:
-        if preview.should_run_after_training(version):
-            preview.run_preview(version, host)
+        if should_run_after_training(version):
+            run_preview(version, host)
 
     runner = JobRunner(workspace, host, after_train=after_train).start()
-    cuda = _cuda()
+    cuda = cuda_available()
     if not cuda:
         notes.append(tr("No NVIDIA GPU: training runs on the CPU (slow except for the tiny model)."))
     local = args.host in LOOPBACK

@@ -15,16 +15,16 @@ import json
 import os
 import re
 import shutil
-import struct
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
-from lib_trainer.fsutil import atomic_write_json, atomic_write_text, read_json, safe_file_stem, short_hash
-from lib_trainer.i18n import tr
-from lib_trainer.names import InvalidName, validate_name
+from lib_trainer.common.files import atomic_write_json, atomic_write_text, read_json, safe_file_stem, short_hash
+from lib_trainer.common.i18n import tr
+from lib_trainer.common.names import validate_name
+from lib_trainer.common.safetensors_header import read_metadata
 
 STATUSES = ("draft", "queued", "running", "finished", "failed", "cancelled", "interrupted")
 BUSY_STATUSES = ("queued", "running")
@@ -87,20 +87,6 @@ class TrashEntry:
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "label": self.label, "original": str(self.original),
                 "deleted": self.deleted}
-
-
-def read_safetensors_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
-    """The ``__metadata__`` of a .safetensors file, read from its header only (no tensor is loaded)."""
-    try:
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            if length > 100 * 1024 * 1024:
-                return {}
-            header = json.loads(fh.read(length).decode("utf-8"))
-    except (OSError, ValueError, struct.error):
-        return {}
-    meta = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in meta.items()}
 
 
 class Version:
@@ -215,7 +201,7 @@ class Version:
         for path in self.checkpoints_dir.iterdir():
             if path.suffix not in CHECKPOINT_SUFFIXES or path.name.startswith(".") or not path.is_file():
                 continue
-            meta = read_safetensors_metadata(path)
+            meta = read_metadata(path)
             epoch = _int_or_none(meta.get("ss_epoch"))
             step = _int_or_none(meta.get("ss_steps"))
             if epoch is None:
@@ -568,5 +554,5 @@ def _retarget_config_file(path: Path, old_dir: Path, new_dir: Path) -> None:
 
 
 __all__ = ["Workspace", "Project", "Version", "CheckpointFile", "TrashEntry", "ProjectError", "NotFound",
-           "AlreadyExists", "Busy", "InvalidName", "STATUSES", "BUSY_STATUSES", "read_safetensors_metadata",
+           "AlreadyExists", "Busy", "STATUSES", "BUSY_STATUSES",
            "retarget_config_text"]

@@ -13,7 +13,7 @@ EXTENSION_ROOT = Path(__file__).resolve().parents[1]
 if str(EXTENSION_ROOT) not in sys.path:
     sys.path.append(str(EXTENSION_ROOT))
 
-from lib_trainer import i18n, runtime  # noqa: E402  (standard library only)
+from lib_trainer.common import i18n, runtime  # noqa: E402  (standard library only)
 
 SECTION = ("train_tools", "Train Tools")
 PRESET_CHOICES = ["person", "character", "style", "product"]
@@ -96,7 +96,8 @@ def _ui_settings(workspace_root=None):
 
 
 def _create_context():
-    from lib_trainer import jobs, preview
+    from lib_trainer.preview.run import run_preview
+    from lib_trainer.jobs.runner import JobRunner
     from lib_trainer.hosts.webui import WebUIHost
     from lib_trainer.projects import Workspace
     from lib_trainer.ui.context import UIContext
@@ -106,9 +107,9 @@ def _create_context():
     workspace = Workspace(root)
 
     def after_train(version):
-        preview.run_preview(version, host)
+        run_preview(version, host)
 
-    runner = jobs.JobRunner(workspace, host, _LiveRunnerSettings(), after_train=after_train)
+    runner = JobRunner(workspace, host, _LiveRunnerSettings(), after_train=after_train)
     runner.start()
     return UIContext(workspace, host, runner, settings=lambda: _ui_settings(workspace.root))
 

@@ -37,7 +37,8 @@ def make_trained(root: Path) -> Trained:
     from lib_trainer.demo.tiny_model import write_tiny_checkpoint
     from lib_trainer.trainer.events import EventWriter
     from lib_trainer.trainer.schema import TrainConfig, save_config
-    from lib_trainer.trainer.train import Trainer, run
+    from lib_trainer.trainer import holdout
+    from lib_trainer.trainer.train import run
     from tests.trainer_fixtures import make_dataset
 
     torch.set_num_threads(1)
@@ -55,14 +56,14 @@ def make_trained(root: Path) -> Trained:
         network_dim=4, network_alpha=4.0, learning_rate=5e-2, seed=1234, events_file=str(version.events_path),
     )
     save_config(cfg, version.config_path)
-    saved = Trainer.EVAL_PICTURES, Trainer.EVAL_TIMESTEPS
-    Trainer.EVAL_PICTURES, Trainer.EVAL_TIMESTEPS = 1, (500,)
+    saved = holdout.EVAL_PICTURES, holdout.EVAL_TIMESTEPS
+    holdout.EVAL_PICTURES, holdout.EVAL_TIMESTEPS = 1, (500,)
     writer = EventWriter(version.events_path, stream=io.StringIO())
     try:
         code = run(cfg, writer)
     finally:
         writer.close()
-        Trainer.EVAL_PICTURES, Trainer.EVAL_TIMESTEPS = saved
+        holdout.EVAL_PICTURES, holdout.EVAL_TIMESTEPS = saved
     assert code == 0, version.events_path.read_text(encoding="utf-8")[-2000:]
     assert len(version.checkpoints()) == 3
     version.update(status="finished")

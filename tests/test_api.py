@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from lib_trainer.api import PREFIX, mount_api, parse_api_auth
-from lib_trainer.jobs import JobRunner, RunnerSettings
+from lib_trainer.jobs.runner import JobRunner, RunnerSettings
 from lib_trainer.projects import Workspace
 from tests.jobs_support import RecordingHost, fake_python, make_version, wait_for
 

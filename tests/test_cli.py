@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from lib_trainer import cli
+from lib_trainer.cli.common import CKPT_DIR_ENV, LANG_ENV, LORA_DIR_ENV, WORKSPACE_ENV
+from lib_trainer.cli.entry import main as cli_main
 from tests.jobs_support import fake_python  # the runner tests' stand-in trainer, run as "--python"
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ FAST = ["--vram", "16", "--resolution", "64", "--set", "network_dim=4", "--set",
 
 def _env(**extra):
     env = dict(os.environ)
-    for key in (cli.WORKSPACE_ENV, cli.LANG_ENV, cli.CKPT_DIR_ENV, cli.LORA_DIR_ENV):
+    for key in (WORKSPACE_ENV, LANG_ENV, CKPT_DIR_ENV, LORA_DIR_ENV):
         env.pop(key, None)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
     return env
@@ -48,7 +49,7 @@ def json_lines(stdout):
 
 def call(capsys, *args):
     """main() in-process with --json: (exit code, the final document, every JSON line, stderr)."""
-    code = cli.main(list(args) + ["--json"])
+    code = cli_main(list(args) + ["--json"])
     captured = capsys.readouterr()
     lines = json_lines(captured.out)
     return code, lines[-1], lines, captured.err
@@ -87,8 +88,8 @@ def dataset_ws(tmp_path_factory):
     pictures = root / "pictures"
     draw_pictures(pictures)
     ws = root / "ws"
-    assert cli.main(["new", PROJECT, "--workspace", str(ws)]) == 0
-    assert cli.main(["import", PROJECT, str(pictures), "--size", "64", "--repeats", "1", "--workspace", str(ws)]) == 0
+    assert cli_main(["new", PROJECT, "--workspace", str(ws)]) == 0
+    assert cli_main(["import", PROJECT, str(pictures), "--size", "64", "--repeats", "1", "--workspace", str(ws)]) == 0
     return ws
 
 
@@ -98,7 +99,7 @@ PREVIEW = ["--size", "64", "--steps", "2", "--weights", "0.5,1", "--prompt", "a 
 @pytest.fixture(scope="module")
 def trained(dataset_ws, tiny_model):
     """v1 trained for two epochs through the real CLI (JSON progress), with a small preview grid drawn after it."""
-    assert cli.main(["preview", f"{PROJECT}/v1", *PREVIEW, "--set-only", "--workspace", str(dataset_ws)]) == 0
+    assert cli_main(["preview", f"{PROJECT}/v1", *PREVIEW, "--set-only", "--workspace", str(dataset_ws)]) == 0
     code, out, err = run_cli("train", PROJECT, "--workspace", str(dataset_ws), "--base", str(tiny_model),
                              "--epochs", "2", *FAST, "--preview", "--json")
     return dataset_ws, code, out, err
@@ -107,13 +108,13 @@ def trained(dataset_ws, tiny_model):
 # ---------------------------------------------------------------------------------------------- help, usage
 
 def test_help_is_instant_and_says_what_each_command_does(capsys):
-    probe = ("import sys, lib_trainer.cli as c; code = c.main(['train', '--help']); "
+    probe = ("import sys, lib_trainer.cli.entry as c; code = c.main(['train', '--help']); "
              "heavy = [m for m in ('torch', 'diffusers', 'PIL', 'numpy', 'psutil') if m in sys.modules]; "
              "print('HEAVY', heavy, code)")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0 and "HEAVY [] 0" in proc.stdout, proc.stdout + proc.stderr
 
-    assert cli.main(["--help"]) == 0
+    assert cli_main(["--help"]) == 0
     text = capsys.readouterr().out
     for command in ("new", "import", "caption", "train", "preview", "pick", "status", "list"):
         assert f"    {command} " in text
@@ -122,15 +123,15 @@ def test_help_is_instant_and_says_what_each_command_does(capsys):
         "preview": "labelled grid", "pick": "Never overwrites", "status": "last events", "list": "versions",
     }
     for command, phrase in expectations.items():
-        assert cli.main([command, "--help"]) == 0
+        assert cli_main([command, "--help"]) == 0
         text = capsys.readouterr().out
         assert phrase in text and "--workspace" in text and "--json" in text, command
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
     ws = str(tmp_path / "ws")
-    assert cli.main(["frobnicate"]) == 2
-    assert cli.main(["new", PROJECT, "--workspace", ws]) == 0
+    assert cli_main(["frobnicate"]) == 2
+    assert cli_main(["new", PROJECT, "--workspace", ws]) == 0
     capsys.readouterr()
     code, doc, _, err = call(capsys, "train", PROJECT, "--set", "network_dim", "--workspace", ws)
     assert code == 2 and not doc["ok"] and "KEY=VALUE" in doc["error"]
@@ -169,11 +170,11 @@ def test_new_list_status(tmp_path, capsys):
     code, doc, _, _ = call(capsys, "status", "nobody/v1", "--workspace", ws)
     assert code == 1 and "does not exist" in doc["error"]
 
-    assert cli.main(["list", "--workspace", ws]) == 0
+    assert cli_main(["list", "--workspace", ws]) == 0
     assert "v2  draft  0 checkpoint(s)" in capsys.readouterr().out
-    assert cli.main(["list", "--workspace", ws, "--lang", "zh_CN"]) == 0  # --lang anywhere, or $TRAIN_TOOLS_LANG
+    assert cli_main(["list", "--workspace", ws, "--lang", "zh_CN"]) == 0  # --lang anywhere, or $TRAIN_TOOLS_LANG
     assert "v2  草稿  0 个检查点" in capsys.readouterr().out
-    assert cli.main(["--lang", "zh_CN", "list", "--workspace", str(tmp_path / "empty")]) == 0
+    assert cli_main(["--lang", "zh_CN", "list", "--workspace", str(tmp_path / "empty")]) == 0
     assert "还没有项目" in capsys.readouterr().out
 
 
@@ -188,7 +189,7 @@ def test_import_names_the_broken_file_and_imports_the_rest(tmp_path, capsys):
     draw_pictures(tmp_path / "zipped", count=4)
     with zipfile.ZipFile(extra, "w") as zf:
         zf.write(tmp_path / "zipped" / "dog_3.png", "more/dog_3.png")
-    assert cli.main(["new", PROJECT, "--workspace", ws]) == 0
+    assert cli_main(["new", PROJECT, "--workspace", ws]) == 0
     capsys.readouterr()
 
     code, doc, lines, _ = call(capsys, "import", PROJECT, str(pictures), str(extra), "--size", "64", "--repeats", "2",
@@ -205,7 +206,7 @@ def test_import_names_the_broken_file_and_imports_the_rest(tmp_path, capsys):
     assert (train / "dog_0.txt").read_text(encoding="utf-8") == "dog, blue eyes, colour0"
 
     # As text: the broken file is named with its reason; a second import notices the duplicates.
-    assert cli.main(["import", PROJECT, str(pictures), "--workspace", ws]) == 0
+    assert cli_main(["import", PROJECT, str(pictures), "--workspace", ws]) == 0
     text = capsys.readouterr().out
     assert "broken.png" in text and "already imported" in text
     code, doc, _, _ = call(capsys, "import", PROJECT, str(tmp_path / "missing"), "--workspace", ws)
@@ -215,7 +216,7 @@ def test_import_names_the_broken_file_and_imports_the_rest(tmp_path, capsys):
 def test_import_regularization_pictures(tmp_path, capsys):
     ws = str(tmp_path / "ws")
     draw_pictures(tmp_path / "women", count=2)
-    assert cli.main(["new", PROJECT, "--workspace", ws]) == 0
+    assert cli_main(["new", PROJECT, "--workspace", ws]) == 0
     capsys.readouterr()
     code, doc, _, _ = call(capsys, "import", PROJECT, str(tmp_path / "women"), "--reg", "woman", "--workspace", ws)
     reg = Path(doc["regularization_dir"])
@@ -235,15 +236,15 @@ def test_import_regularization_pictures(tmp_path, capsys):
 def test_caption_manual_tools_undo_and_no_tagger(tmp_path, capsys):
     ws = str(tmp_path / "ws")
     draw_pictures(tmp_path / "pictures", count=3)
-    assert cli.main(["new", PROJECT, "--workspace", ws]) == 0
-    assert cli.main(["import", PROJECT, str(tmp_path / "pictures"), "--size", "64", "--repeats", "1",
+    assert cli_main(["new", PROJECT, "--workspace", ws]) == 0
+    assert cli_main(["import", PROJECT, str(tmp_path / "pictures"), "--size", "64", "--repeats", "1",
                      "--concept", "dog", "--workspace", ws]) == 0
     capsys.readouterr()
 
     # The standalone host has no tagger: said plainly, exit 1, nothing changed.
     code, doc, _, err = call(capsys, "caption", PROJECT, "--workspace", ws)
     assert code == 1 and "needs the WebUI" in doc["error"] and "by hand" in doc["error"]
-    assert cli.main(["caption", PROJECT, "--workspace", ws]) == 1
+    assert cli_main(["caption", PROJECT, "--workspace", ws]) == 1
     assert "needs the WebUI" in capsys.readouterr().err
 
     code, doc, _, _ = call(capsys, "caption", PROJECT, "--set", "dog_1.png=a dog,  running , grass",
@@ -271,7 +272,7 @@ def test_caption_manual_tools_undo_and_no_tagger(tmp_path, capsys):
 
     code, doc, _, _ = call(capsys, "caption", PROJECT, "--set", "nobody.png=x", "--workspace", ws)
     assert code == 1 and "nobody.png" in doc["error"]
-    assert cli.main(["caption", PROJECT, "--list", "--workspace", ws]) == 0
+    assert cli_main(["caption", PROJECT, "--list", "--workspace", ws]) == 0
     text = capsys.readouterr().out
     assert "1_dog/dog_1.png: dog, running, grass, solo" in text and "solo (3)" in text
 
@@ -316,7 +317,7 @@ def test_train_refuses_a_missing_base_model_with_the_field(dataset_ws, capsys):
 
 def test_train_failure_reports_the_trainers_message(trained, tiny_model, capsys):
     ws = trained[0]
-    assert cli.main(["new", f"{PROJECT}/zero", "--from", "v1", "--workspace", str(ws)]) == 0
+    assert cli_main(["new", f"{PROJECT}/zero", "--from", "v1", "--workspace", str(ws)]) == 0
     capsys.readouterr()
     code, out, err = run_cli("train", f"{PROJECT}/zero", "--workspace", str(ws), "--set", "learning_rate=0",
                              "--set", "unet_lr=0", "--set", "text_encoder_lr=0")
@@ -352,7 +353,7 @@ def _train_until_interrupted(ws, key, mode, interrupts):
 def test_ctrl_c_stops_the_trainer_gracefully_then_resume_detached(trained):
     ws = trained[0]
     key = f"{PROJECT}/stopped"
-    assert cli.main(["new", key, "--from", "v1", "--workspace", str(ws)]) == 0
+    assert cli_main(["new", key, "--from", "v1", "--workspace", str(ws)]) == 0
     code, lines, err = _train_until_interrupted(ws, key, "slow", interrupts=1)
     assert code == 130, err
     doc = lines[-1]
@@ -385,7 +386,7 @@ def wait_gone(pid, timeout=30.0):
 def test_ctrl_c_twice_stops_a_stubborn_trainer_at_once(trained):
     ws = trained[0]
     key = f"{PROJECT}/stubborn"
-    assert cli.main(["new", key, "--from", "v1", "--workspace", str(ws)]) == 0
+    assert cli_main(["new", key, "--from", "v1", "--workspace", str(ws)]) == 0
     code, lines, err = _train_until_interrupted(ws, key, "stubborn", interrupts=2)
     assert code == 130, err
     assert lines[-1]["status"] == "cancelled"
@@ -412,7 +413,7 @@ def test_preview_then_pick_never_overwrites(trained, torch_one_thread, tmp_path,
     assert Image.open(grid).size[0] > 4 * 64
 
     # A second run draws nothing new; the text output says where the grid is.
-    assert cli.main(["preview", v1, "--workspace", ws]) == 0
+    assert cli_main(["preview", v1, "--workspace", ws]) == 0
     text = capsys.readouterr().out
     assert "0 image(s) drawn, 7 reused" in text and str(grid) in text
 

@@ -1,7 +1,8 @@
-"""Presets, VRAM tiers, the version's config, checks before a run and estimates (lib_trainer/config.py)."""
+"""Presets, VRAM tiers, the version's config, checks before a run and estimates (lib_trainer/presets.py)."""
 import pytest
 
-from lib_trainer import config, projects
+from lib_trainer import presets, projects
+from lib_trainer.common.cuda import cuda_available
 from lib_trainer.trainer import schema
 
 
@@ -17,17 +18,17 @@ def version(tmp_path):
     return v
 
 
-@pytest.mark.parametrize("preset", config.PRESETS)
-@pytest.mark.parametrize("tier", config.VRAM_TIERS)
-@pytest.mark.parametrize("arch", config.ARCHES)
+@pytest.mark.parametrize("preset", presets.PRESETS)
+@pytest.mark.parametrize("tier", presets.VRAM_TIERS)
+@pytest.mark.parametrize("arch", presets.ARCHES)
 def test_every_preset_and_tier_gives_a_valid_config(version, tmp_path, preset, tier, arch):
     model = tmp_path / "base.safetensors"
     model.write_bytes(b"x")
-    cfg = config.build_config(config.VersionPaths.of(version), str(model), arch, preset, tier)
+    cfg = presets.build_config(presets.VersionPaths.of(version), str(model), arch, preset, tier)
     schema.validate(cfg)
-    assert config.check(cfg) == []
+    assert presets.check(cfg) == []
     w, h = cfg.resolution_wh
-    assert w == h == (768 if arch == "sdxl" and tier == 6 else config.default_resolution(arch))
+    assert w == h == (768 if arch == "sdxl" and tier == 6 else presets.default_resolution(arch))
     assert cfg.v_parameterization == (arch == "sd2-v")
     assert cfg.output_dir == str(version.checkpoints_dir) and cfg.output_name == version.output_name
     assert cfg.events_file == str(version.events_path)
@@ -42,75 +43,75 @@ def test_every_preset_and_tier_gives_a_valid_config(version, tmp_path, preset, t
 
 def test_tiers_trade_memory_for_speed(version, tmp_path):
     def cfg(tier):
-        return config.build_config(config.VersionPaths.of(version), "m", "sd1", "person", tier, cuda=True)
+        return presets.build_config(presets.VersionPaths.of(version), "m", "sd1", "person", tier, cuda=True)
     assert cfg(6).gradient_checkpointing and cfg(6).train_batch_size == 1 and cfg(6).optimizer_type == "AdamW8bit"
     assert not cfg(24).gradient_checkpointing and cfg(24).train_batch_size > cfg(8).train_batch_size
-    est = [config.estimate(cfg(t), "sd1").vram_gb for t in (6, 12, 24)]
+    est = [presets.estimate(cfg(t), "sd1").vram_gb for t in (6, 12, 24)]
     assert est[0] < 6 and est[1] < 12 and est[2] < 24
 
 
 def test_overrides_win_and_reg_folder_is_used_when_present(version):
     (version.reg_dir / "1_dog").mkdir(parents=True)
-    cfg = config.build_config(config.VersionPaths.of(version), "m", "sd1", "style", 12,
+    cfg = presets.build_config(presets.VersionPaths.of(version), "m", "sd1", "style", 12,
                               overrides={"network_dim": 4, "max_train_epochs": 3, "clip_skip": None},
                               sample_prompt="sks dog")
     assert cfg.network_dim == 4 and cfg.max_train_epochs == 3 and cfg.conv_dim == 8
     assert cfg.reg_data_dir == str(version.reg_dir)
     assert (version.samples_dir / "prompts.txt").read_text(encoding="utf-8").startswith("sks dog --w 512 --h 512")
     with pytest.raises(schema.ConfigError, match="unknown config key"):
-        config.build_config(config.VersionPaths.of(version), "m", "sd1", "style", 12, overrides={"netwrok_dim": 4})
+        presets.build_config(presets.VersionPaths.of(version), "m", "sd1", "style", 12, overrides={"netwrok_dim": 4})
     with pytest.raises(schema.ConfigError, match="Unknown preset"):
-        config.preset_values("cat", 12, "sd1")
+        presets.preset_values("cat", 12, "sd1")
 
 
 def test_check_names_each_problem_beside_its_field(version, tmp_path):
-    cfg = config.build_config(config.VersionPaths.of(version), str(tmp_path / "gone.safetensors"), "sd1", "person", 8,
+    cfg = presets.build_config(presets.VersionPaths.of(version), str(tmp_path / "gone.safetensors"), "sd1", "person", 8,
                               overrides={"resolution": "500,512", "network_alpha": 0})
-    fields = {p.field: p.message for p in config.check(cfg)}
+    fields = {p.field: p.message for p in presets.check(cfg)}
     assert "does not exist" in fields["pretrained_model_name_or_path"]
     assert "multiples of 64" in fields["resolution"]
     assert "Alpha" in fields["network_alpha"]
     empty = projects.Workspace(tmp_path / "ws2").create_project("x").version("v1")
-    cfg = config.build_config(config.VersionPaths.of(empty), "", "sd1", "person", 8)
-    fields = {p.field: p.message for p in config.check(cfg)}
+    cfg = presets.build_config(presets.VersionPaths.of(empty), "", "sd1", "person", 8)
+    fields = {p.field: p.message for p in presets.check(cfg)}
     assert "Choose a base model" in fields["pretrained_model_name_or_path"]
     assert "dataset is empty" in fields["dataset"]
 
 
 def test_estimate_counts_steps_and_uses_a_measured_speed(version):
-    cfg = config.build_config(config.VersionPaths.of(version), "m", "sd1", "person", 8,
+    cfg = presets.build_config(presets.VersionPaths.of(version), "m", "sd1", "person", 8,
                               overrides={"max_train_epochs": 4, "train_batch_size": 2})
-    est = config.estimate(cfg, "sd1", cuda=True)
-    assert "no NVIDIA GPU" in config.estimate(cfg, "sd1", cuda=False).basis
+    est = presets.estimate(cfg, "sd1", cuda=True)
+    assert "no NVIDIA GPU" in presets.estimate(cfg, "sd1", cuda=False).basis
     assert (est.images_per_epoch, est.steps_per_epoch, est.epochs, est.steps) == (50, 25, 4, 100)
     assert est.seconds > 0 and "typical" in est.basis
-    measured = config.estimate(cfg, "sd1", measured_it_per_s=2.0, measured_batch=2)
+    measured = presets.estimate(cfg, "sd1", measured_it_per_s=2.0, measured_batch=2)
     assert measured.seconds == 50 and "measured" in measured.basis
-    assert config.describe_estimate(measured).endswith("about 50s at the speed measured on this machine")
-    assert "100 steps" in config.describe_estimate(measured)
-    assert config.last_speed([{"event": "start", "batch_size": 2}, {"event": "step", "it_per_s": 1.5}]) == (1.5, 2)
-    assert config.format_duration(3725) == "1h 02m"
+    assert presets.describe_estimate(measured).endswith("about 50s at the speed measured on this machine")
+    assert "100 steps" in presets.describe_estimate(measured)
+    assert presets.last_speed([{"event": "start", "batch_size": 2}, {"event": "step", "it_per_s": 1.5}]) == (1.5, 2)
+    assert presets.format_duration(3725) == "1h 02m"
 
 
 def test_without_a_gpu_the_8bit_optimizer_becomes_adamw_unless_chosen(version):
-    paths = config.VersionPaths.of(version)
-    assert config.build_config(paths, "m", "sd1", "person", 8, cuda=False).optimizer_type == "AdamW"
-    chosen = config.build_config(paths, "m", "sd1", "person", 8, cuda=False, overrides={"optimizer_type": "AdamW8bit"})
+    paths = presets.VersionPaths.of(version)
+    assert presets.build_config(paths, "m", "sd1", "person", 8, cuda=False).optimizer_type == "AdamW"
+    chosen = presets.build_config(paths, "m", "sd1", "person", 8, cuda=False, overrides={"optimizer_type": "AdamW8bit"})
     assert chosen.optimizer_type == "AdamW8bit"
-    assert config.build_config(paths, "m", "sd1", "person", 8, cuda=True).optimizer_type == "AdamW8bit"
-    assert isinstance(config.cuda_available(), bool)
+    assert presets.build_config(paths, "m", "sd1", "person", 8, cuda=True).optimizer_type == "AdamW8bit"
+    assert isinstance(cuda_available(), bool)
 
 
 def test_regularization_pictures_are_read_and_double_the_steps(version):
-    paths = config.VersionPaths.of(version)
+    paths = presets.VersionPaths.of(version)
     two_epochs = {"max_train_epochs": 2, "train_batch_size": 1}
-    plain = config.build_config(paths, "m", "sd1", "person", 8, overrides=two_epochs)
+    plain = presets.build_config(paths, "m", "sd1", "person", 8, overrides=two_epochs)
     assert plain.reg_data_dir is None
     (version.reg_dir / "1_dog").mkdir(parents=True)
-    assert config.build_config(paths, "m", "sd1", "person", 8).reg_data_dir is not None
-    assert config.estimate(plain, "sd1").steps == 50 * 2  # an empty reg folder adds nothing
+    assert presets.build_config(paths, "m", "sd1", "person", 8).reg_data_dir is not None
+    assert presets.estimate(plain, "sd1").steps == 50 * 2  # an empty reg folder adds nothing
     (version.reg_dir / "1_dog" / "other.png").write_bytes(b"")
-    with_reg = config.build_config(paths, "m", "sd1", "person", 8, overrides=two_epochs)
+    with_reg = presets.build_config(paths, "m", "sd1", "person", 8, overrides=two_epochs)
     assert with_reg.reg_data_dir == str(version.reg_dir)
-    est = config.estimate(with_reg, "sd1")
+    est = presets.estimate(with_reg, "sd1")
     assert (est.images_per_epoch, est.steps) == (100, 200)  # as many reg uses per epoch as training uses

@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from lib_trainer import i18n
+from lib_trainer.common import i18n
 from lib_trainer.dataset.captions import CaptionSet, caption_path
 from lib_trainer.dataset.concepts import (
     MAX_REPEATS, REPEAT_GUIDE, ConceptError, create_concept, find_concept, list_concepts, rename_concept,

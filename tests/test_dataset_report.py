@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_trainer import i18n
+from lib_trainer.common import i18n
 from lib_trainer.dataset.report import (
     build_report,
     dhash,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lib_trainer import i18n
+from lib_trainer.common import i18n
 
 ROOT = Path(__file__).resolve().parents[1]
 WEBUI_ZH = json.loads((ROOT / "localizations" / "zh_CN.json").read_text(encoding="utf-8"))

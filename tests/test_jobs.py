@@ -10,9 +10,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lib_trainer.event_tail import EventTail, parse_event_line
-from lib_trainer.job_process import FileLock
-from lib_trainer.jobs import JobError, JobRunner, RunnerSettings
+from lib_trainer.jobs.events import EventTail, parse_event_line
+from filelock import Timeout
+
+from lib_trainer.jobs.lock import try_acquire, workspace_lock
+from lib_trainer.jobs.runner import JobRunner, RunnerSettings
+from lib_trainer.jobs.store import JobError
 from lib_trainer.projects import Busy, Workspace
 from tests.jobs_support import RecordingHost, fake_python, make_version, pid_alive, single_thread_env, wait_for
 from tests.trainer_fixtures import tiny_sd1  # noqa: F401  (fixture)
@@ -330,10 +333,11 @@ def test_event_tail_waits_for_complete_lines_and_skips_garbage(tmp_path):
 
 
 def test_file_lock_excludes_a_second_holder(tmp_path):
-    first, second = FileLock(tmp_path / "x.lock"), FileLock(tmp_path / "x.lock")
-    assert first.acquire(blocking=False)
-    assert not second.acquire(blocking=False)
-    assert not second.acquire(timeout=0.2)
+    first, second = workspace_lock(tmp_path / "x.lock"), workspace_lock(tmp_path / "x.lock")
+    assert try_acquire(first)
+    assert not try_acquire(second)
+    with pytest.raises(Timeout):
+        second.acquire(timeout=0.2)
     first.release()
-    assert second.acquire(blocking=False)
+    assert try_acquire(second)
     second.release()

@@ -1,4 +1,4 @@
-"""Picking a checkpoint (lib_trainer/pick.py): "Use this checkpoint" into the host's Lora folder and "Keep only this
+"""Picking a checkpoint (lib_trainer/promote.py): "Use this checkpoint" into the host's Lora folder and "Keep only this
 one", on a LoRA trained by the real trainer and the standalone host."""
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_trainer import pick, preview
+from lib_trainer.preview.config import save_config
+from lib_trainer.preview.gallery import cell_image
+from lib_trainer.preview.grid import build_grids, read_grid_info
+from lib_trainer.checkpoints import promote
 from lib_trainer.hosts.base import LoraSpec, Txt2ImgRequest
 from lib_trainer.hosts.standalone import StandaloneHost
-from lib_trainer.names import InvalidName
-from lib_trainer.preview import PreviewConfig, run_preview
+from lib_trainer.common.names import InvalidName
+from lib_trainer.preview.config import PreviewConfig
+from lib_trainer.preview.run import run_preview
 from tests.preview_fixtures import TRIGGER, copy_workspace, make_host, make_trained
 from tests.trainer_fixtures import load_lora
 
@@ -56,7 +60,7 @@ class RecordingHost(StandaloneHost):
 def test_use_checkpoint_copies_with_card_and_preview(work, host):
     version = work.version
     run_preview(version, host, CONFIG)
-    result = pick.use_checkpoint(version, "dog_v1-000002", host, weight=1.0)
+    result = promote.use_checkpoint(version, "dog_v1-000002", host, weight=1.0)
     assert result.name == "dog_v1-e2"
     assert result.lora_path == host.lora_dir() / "dog" / "dog_v1-e2.safetensors"
     assert result.prompt == f"<lora:dog_v1-e2:1>, {TRIGGER}" and result.sent is False  # standalone: no prompt box
@@ -76,7 +80,7 @@ def test_use_checkpoint_copies_with_card_and_preview(work, host):
     assert "dog/v1" in card["notes"]
     # the preview picture is the grid's cell of that checkpoint at that weight
     assert result.preview_source == "preview" and result.preview_path == result.lora_path.with_suffix(".png")
-    cell = preview.cell_image(version, "dog_v1-000002", 1.0)
+    cell = cell_image(version, "dog_v1-000002", 1.0)
     with Image.open(cell) as a, Image.open(result.preview_path) as b:
         assert (np.asarray(a) == np.asarray(b)).all()
         assert "Seed: 5" in b.text["parameters"]
@@ -89,39 +93,39 @@ def test_use_checkpoint_copies_with_card_and_preview(work, host):
 
 def test_picking_never_overwrites(work, host):
     version = work.version
-    preview.save_config(version, CONFIG)  # the card pictures are drawn small
-    first = pick.use_checkpoint(version, "dog_v1", host, name="my dog", trigger_words=["tt_dog", "dog"])
+    save_config(version, CONFIG)  # the card pictures are drawn small
+    first = promote.use_checkpoint(version, "dog_v1", host, name="my dog", trigger_words=["tt_dog", "dog"])
     assert first.lora_path.name == "my dog.safetensors"
     assert json.loads(first.metadata_path.read_text(encoding="utf-8"))["activation text"] == "tt_dog, dog"
     before = first.lora_path.read_bytes()
-    with pytest.raises(pick.NameTaken, match="already exists") as taken:
-        pick.use_checkpoint(version, "dog_v1-000001", host, name="my dog")
+    with pytest.raises(promote.NameTaken, match="already exists") as taken:
+        promote.use_checkpoint(version, "dog_v1-000001", host, name="my dog")
     assert taken.value.suggestion == "my dog-2"
-    with pytest.raises(pick.NameTaken):  # case-insensitively (Windows, macOS)
-        pick.use_checkpoint(version, "dog_v1-000001", host, name="MY DOG")
+    with pytest.raises(promote.NameTaken):  # case-insensitively (Windows, macOS)
+        promote.use_checkpoint(version, "dog_v1-000001", host, name="MY DOG")
     assert first.lora_path.read_bytes() == before
     # only when asked to
-    replaced = pick.use_checkpoint(version, "dog_v1-000001", host, name="my dog", overwrite=True)
+    replaced = promote.use_checkpoint(version, "dog_v1-000001", host, name="my dog", overwrite=True)
     assert replaced.lora_path == first.lora_path and replaced.lora_path.read_bytes() != before
     assert load_lora(replaced.lora_path)[1]["ss_epoch"] == "1"
     # the same name elsewhere in the Lora folder would make <lora:NAME:w> ambiguous: refused even with overwrite
     other = host.lora_dir() / "someone else" / "cat.safetensors"
     other.parent.mkdir(parents=True)
     other.write_bytes(before)
-    with pytest.raises(pick.NameTaken, match="Another LoRA"):
-        pick.use_checkpoint(version, "dog_v1", host, name="cat", overwrite=True)
+    with pytest.raises(promote.NameTaken, match="Another LoRA"):
+        promote.use_checkpoint(version, "dog_v1", host, name="cat", overwrite=True)
     assert not (host.lora_dir() / "dog" / "cat.safetensors").exists()
     for bad in ("a/b", "x:y", "..", "<lora>", ""):
         with pytest.raises(InvalidName):
-            pick.use_checkpoint(version, "dog_v1", host, name=bad)
+            promote.use_checkpoint(version, "dog_v1", host, name=bad)
 
 
 def test_without_a_preview_the_picture_is_drawn_and_the_prompt_sent(work, trained):
     version = work.version
-    preview.save_config(version, CONFIG)
+    save_config(version, CONFIG)
     recording = RecordingHost(work.root, checkpoint_dirs=[trained.model.parent], lora_dir=work.root / "lora",
                               device="cpu")
-    result = pick.use_checkpoint(version, "dog_v1", recording, send_prompt=True, weight=0.8)
+    result = promote.use_checkpoint(version, "dog_v1", recording, send_prompt=True, weight=0.8)
     assert result.name == "dog_v1-e3" and result.preview_source == "generated"
     with Image.open(result.preview_path) as im:
         assert im.size == (64, 64) and "Seed: 5" in im.text["parameters"]
@@ -135,20 +139,20 @@ def test_keep_only_moves_the_others_to_trash_and_restore_brings_them_back(work, 
     names = [c.name for c in version.checkpoints()]
     states = sorted(p.name for p in version.checkpoints_dir.glob("*-state"))
     assert states == sorted(f"{n}-state" for n in names)  # the fixture saves resume states
-    with pytest.raises(pick.PickError, match="confirm"):
-        pick.keep_only(version, "dog_v1-000002", workspace)
+    with pytest.raises(promote.PickError, match="confirm"):
+        promote.keep_only(version, "dog_v1-000002", workspace)
     assert [c.name for c in version.checkpoints()] == names
 
-    entry = pick.keep_only(version, "dog_v1-000002", workspace, confirm=True)
+    entry = promote.keep_only(version, "dog_v1-000002", workspace, confirm=True)
     assert [c.name for c in version.checkpoints()] == ["dog_v1-000002"]
     assert sorted(p.name for p in version.checkpoints_dir.iterdir()) == ["dog_v1-000002-state",
                                                                           "dog_v1-000002.safetensors"]
     assert not (version.previews_dir / "dog_v1").exists() and (version.previews_dir / "dog_v1-000002").is_dir()
     assert [e.id for e in workspace.trash()] == [entry.id]
     # the grid now has one row
-    grids = preview.build_grids(version)
-    assert preview.read_grid_info(grids[0].path)["rows"] == ["dog_v1-000002"]
-    assert pick.keep_only(version, "dog_v1-000002", workspace, confirm=True) is None  # nothing else left
+    grids = build_grids(version)
+    assert read_grid_info(grids[0].path)["rows"] == ["dog_v1-000002"]
+    assert promote.keep_only(version, "dog_v1-000002", workspace, confirm=True) is None  # nothing else left
 
     workspace.restore(entry.id)
     assert [c.name for c in version.checkpoints()] == names

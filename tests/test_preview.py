@@ -10,11 +10,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_trainer import preview
+from lib_trainer.checkpoints.recommend import recommend, TIE_TOLERANCE
+from lib_trainer.preview.cells import is_running, load_manifest, PreviewBusy
+from lib_trainer.preview.config import (apply_trigger, config_path, load_config, save_config,
+                                        should_run_after_training, version_arch)
+from lib_trainer.preview.gallery import cell_image, checkpoint_galleries
+from lib_trainer.preview.grid import build_grids, FAILED, grid_files, GridLayout, PLACEHOLDER, read_grid_info
+from lib_trainer.preview.text import TextRenderer
+from lib_trainer.ui import charts
 from lib_trainer.hosts.base import Txt2ImgRequest, Txt2ImgResult
 from lib_trainer.hosts.standalone import StandaloneHost
-from lib_trainer.pick import copy_with_metadata
-from lib_trainer.preview import GridCell, GridSpec, PreviewConfig, PreviewError, render_grid, run_preview
+from lib_trainer.checkpoints.promote import copy_with_metadata
+from lib_trainer.preview.cells import PreviewError
+from lib_trainer.preview.config import PreviewConfig
+from lib_trainer.preview.grid import GridCell, GridSpec, render_grid
+from lib_trainer.preview.run import run_preview
 from tests.preview_fixtures import TRIGGER, copy_workspace, make_host, make_trained
 
 SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -104,41 +114,41 @@ def test_placeholders_and_unicode_never_crash():
         assert not (block == (255, 0, 0)).all(axis=2).any()
         assert len(np.unique(block.reshape(-1, 3), axis=0)) > 2
     # a 300-character prompt wraps into several header lines inside the picture's width
-    assert layout.header_height > 5 * preview.TextRenderer(layout.font_size).line_height
+    assert layout.header_height > 5 * TextRenderer(layout.font_size).line_height
 
 
 def test_text_renderer_wraps_cjk_and_long_words():
-    text = preview.TextRenderer(14)
+    text = TextRenderer(14)
     lines = text.wrap("可爱的狗" * 30 + " " + "a" * 200 + " short words here", 200)
     assert len(lines) > 3
     assert all(text.width(line) <= 200 for line in lines)
     assert "".join(lines).replace(" ", "") == ("可爱的狗" * 30 + "a" * 200 + "shortwordshere")
-    fallback = preview.TextRenderer(14, font_path="/nonexistent/font.ttf")
+    fallback = TextRenderer(14, font_path="/nonexistent/font.ttf")
     assert fallback.width("é 狗") > 0
 
 
 # ---- config, trigger, arch ---------------------------------------------------------------------------------------
 
 def test_trigger_is_inserted_once():
-    assert preview.apply_trigger("a dog", "tt_dog") == "tt_dog, a dog"
-    assert preview.apply_trigger("a TT_DOG on grass", "tt_dog") == "a TT_DOG on grass"
-    assert preview.apply_trigger("tt_dogs running", "tt_dog") == "tt_dog, tt_dogs running"
-    assert preview.apply_trigger("", "tt_dog") == "tt_dog"
-    assert preview.apply_trigger(" a dog ", "") == "a dog"
+    assert apply_trigger("a dog", "tt_dog") == "tt_dog, a dog"
+    assert apply_trigger("a TT_DOG on grass", "tt_dog") == "a TT_DOG on grass"
+    assert apply_trigger("tt_dogs running", "tt_dog") == "tt_dog, tt_dogs running"
+    assert apply_trigger("", "tt_dog") == "tt_dog"
+    assert apply_trigger(" a dog ", "") == "a dog"
 
 
 def test_config_defaults_roundtrip_and_validation(work, host):
     version = work.version
-    assert preview.version_arch(version) == "sd1"
-    config = preview.load_config(version, host)  # nothing stored: the defaults
+    assert version_arch(version) == "sd1"
+    config = load_config(version, host)  # nothing stored: the defaults
     assert (config.width, config.height) == (512, 512)
     assert config.weights == [0.4, 0.6, 0.8, 1.0] and config.reference and config.auto_after_training
     assert config.prompts and all(p.startswith(TRIGGER) for p in config.prompts)  # training captions
     changed = small(seed=-1, negative_prompt="blurry", auto_after_training=False)
-    preview.save_config(version, changed)
-    assert json.loads(preview.config_path(version).read_text(encoding="utf-8"))["seed"] == -1
-    assert preview.load_config(version) == changed
-    assert preview.should_run_after_training(version) is False
+    save_config(version, changed)
+    assert json.loads(config_path(version).read_text(encoding="utf-8"))["seed"] == -1
+    assert load_config(version) == changed
+    assert should_run_after_training(version) is False
     with pytest.raises(PreviewError, match="multiple of 8"):
         PreviewConfig.from_dict({"width": 65})
     with pytest.raises(PreviewError, match="at least one prompt"):
@@ -152,7 +162,7 @@ def test_full_run_same_seed_reference_without_lora(work, host):
     version = work.version
     result = run_preview(version, host, small(), font_path=None)
     assert result.complete and result.total == 1 + 3 * 2 and result.drawn == 7 and result.reused == 0
-    manifest = preview.load_manifest(version)
+    manifest = load_manifest(version)
     assert manifest["seed"] == 77 and manifest["prompts"] == [f"{TRIGGER}, a dog"]
     cells = manifest["cells"]
     assert len(cells) == 7
@@ -172,9 +182,9 @@ def test_full_run_same_seed_reference_without_lora(work, host):
 
     grid = result.grids[0]
     assert grid.path.name == "grid-01.png" and grid.pages == []
-    info = preview.read_grid_info(grid.path)
+    info = read_grid_info(grid.path)
     assert info["seed"] == 77 and info["rows"] == ["dog_v1-000001", "dog_v1-000002", "dog_v1"]
-    layout = preview.GridLayout.from_dict(info["layout"])
+    layout = GridLayout.from_dict(info["layout"])
     assert (layout.rows, layout.columns) == (3, 3)
     with Image.open(grid.path) as im:
         assert "Seed: 77" in im.text["parameters"] and f"{TRIGGER}, a dog" in im.text["parameters"]
@@ -185,11 +195,11 @@ def test_full_run_same_seed_reference_without_lora(work, host):
     x0, y0, x1, y1 = layout.cell_box(2, 1)
     assert (arr[y0:y1, x0:x1] == lora_pixels).all()
 
-    galleries = preview.checkpoint_galleries(version)
+    galleries = checkpoint_galleries(version)
     assert [g.name for g in galleries] == [None, "dog_v1-000001", "dog_v1-000002", "dog_v1"]
     assert [len(g.items) for g in galleries] == [1, 2, 2, 2]
     assert "final" in galleries[-1].label
-    assert preview.cell_image(version, "dog_v1", 0.8) in {i.path for i in galleries[-1].items}
+    assert cell_image(version, "dog_v1", 0.8) in {i.path for i in galleries[-1].items}
 
 
 def test_resume_after_interruption_draws_only_the_rest(work, host):
@@ -204,7 +214,7 @@ def test_resume_after_interruption_draws_only_the_rest(work, host):
 
     first = run_preview(version, host, small(seed=-1), stop=stop, progress=stop_after_three)
     assert first.interrupted and first.drawn == 3 and len(seen) == 3
-    drawn = {k: r for k, r in preview.load_manifest(version)["cells"].items()}
+    drawn = {k: r for k, r in load_manifest(version)["cells"].items()}
     assert list(drawn) == seen and all(r["seed"] == first.seed for r in drawn.values())
     # a grid of the part drawn so far, with placeholders for the rest
     assert first.grids and first.grids[0].path.is_file()
@@ -215,7 +225,7 @@ def test_resume_after_interruption_draws_only_the_rest(work, host):
     assert second.complete and second.seed == first.seed  # seed -1 is drawn once per manifest, then kept
     assert second.reused == 3 and second.drawn == 4
     assert [d for d, _, _ in rest] == [4, 5, 6, 7] and not set(k for _, _, k in rest) & set(seen)
-    manifest = preview.load_manifest(version)
+    manifest = load_manifest(version)
     assert len(manifest["cells"]) == 7 and {r["seed"] for r in manifest["cells"].values()} == {first.seed}
     for key, mtime in mtimes.items():
         assert (version.previews_dir / manifest["cells"][key]["file"]).stat().st_mtime_ns == mtime
@@ -235,11 +245,11 @@ def test_changed_checkpoint_or_settings_are_redrawn(work, host):
     copy_with_metadata(path, path, {"ss_training_comment": "replaced"})
     changed = run_preview(version, host, small(weights=[1.0, 0.5]))
     assert (changed.drawn, changed.reused) == (2, 5)
-    old_key = preview.load_manifest(version)["settings_key"]
+    old_key = load_manifest(version)["settings_key"]
     # a setting that changes every image starts a new manifest
     other = run_preview(version, host, small(weights=[1.0, 0.5], steps=3))
     assert (other.drawn, other.reused) == (7, 0)
-    manifest = preview.load_manifest(version)
+    manifest = load_manifest(version)
     assert manifest["settings_key"] != old_key and manifest["settings"]["steps"] == 3
 
 
@@ -247,15 +257,15 @@ def test_preview_this_checkpoint_and_placeholders(work, host):
     version = work.version
     result = run_preview(version, host, small(), checkpoints=["dog_v1-000002"])
     assert result.total == 1 + 2 and result.complete
-    assert {r["checkpoint"] for r in preview.load_manifest(version)["cells"].values()} == {None, "dog_v1-000002"}
-    info = preview.read_grid_info(result.grids[0].path)
-    layout = preview.GridLayout.from_dict(info["layout"])
+    assert {r["checkpoint"] for r in load_manifest(version)["cells"].values()} == {None, "dog_v1-000002"}
+    info = read_grid_info(result.grids[0].path)
+    layout = GridLayout.from_dict(info["layout"])
     assert layout.rows == 3  # every checkpoint has its row; the others show "not drawn yet"
     with Image.open(result.grids[0].path) as im:
         arr = np.asarray(im.convert("RGB"))
     x0, y0, x1, y1 = layout.cell_box(0, 0)
     placeholder = arr[y0:y1, x0:x1]
-    assert (placeholder == preview.PLACEHOLDER).all(axis=2).mean() > 0.5
+    assert (placeholder == PLACEHOLDER).all(axis=2).mean() > 0.5
     with pytest.raises(PreviewError, match="no checkpoint"):
         run_preview(version, host, small(), checkpoints=["nope"])
 
@@ -276,12 +286,12 @@ def test_awkward_prompts_give_short_safe_file_names(work, host, prompts):
         assert len(rel.parts) <= 2 and len(path.name) <= 40, rel
         assert SAFE_FILE.match(path.name) and all(SAFE_FILE.match(part) for part in rel.parts), rel
         assert path.resolve().parent in (previews.resolve(), *(d.resolve() for d in previews.iterdir() if d.is_dir()))
-    manifest = preview.load_manifest(version)
+    manifest = load_manifest(version)
     assert manifest["prompts"] == [f"{TRIGGER}, {p}" for p in prompts]
     for grid, prompt in zip(result.grids, prompts):
         with Image.open(grid.path) as im:
             assert prompt in im.text["parameters"]
-        assert preview.read_grid_info(grid.path)["prompt"] == f"{TRIGGER}, {prompt}"
+        assert read_grid_info(grid.path)["prompt"] == f"{TRIGGER}, {prompt}"
 
 
 class NoLoraHost(StandaloneHost):
@@ -302,15 +312,15 @@ def test_lora_that_did_not_apply_marks_the_cell_failed(work, host):
     result = run_preview(version, broken, small(weights=[1.0]))
     assert not result.interrupted and result.drawn == 4 and len(result.failed) == 3
     assert all("Lora not found" in f.message for f in result.failed)
-    manifest = preview.load_manifest(version)
+    manifest = load_manifest(version)
     assert manifest["cells"]["reference/p01"]["status"] == "ok"
     failed = [r for r in manifest["cells"].values() if r["checkpoint"]]
     assert all(r["status"] == "failed" and not (version.previews_dir / r["file"]).exists() for r in failed)
     with Image.open(result.grids[0].path) as im:
         arr = np.asarray(im.convert("RGB"))
-    layout = preview.GridLayout.from_dict(preview.read_grid_info(result.grids[0].path)["layout"])
+    layout = GridLayout.from_dict(read_grid_info(result.grids[0].path)["layout"])
     x0, y0, x1, y1 = layout.cell_box(1, 0)
-    assert (arr[y0:y1, x0:x1] == preview.FAILED).all(axis=2).mean() > 0.5
+    assert (arr[y0:y1, x0:x1] == FAILED).all(axis=2).mean() > 0.5
     # the real host then draws exactly the failed cells
     fixed = run_preview(version, host, small(weights=[1.0]))
     assert fixed.complete and (fixed.drawn, fixed.reused) == (3, 1)
@@ -327,16 +337,16 @@ def test_many_checkpoints_page_the_grid(work, host):
     assert result.complete and result.total == 13
     grid = result.grids[0]
     assert [p.name for p in grid.pages] == ["grid-01-page1.png", "grid-01-page2.png"]
-    whole = preview.read_grid_info(grid.path)
+    whole = read_grid_info(grid.path)
     assert len(whole["rows"]) == 12 and whole["layout"]["rows"] == 12
-    pages = [preview.read_grid_info(p) for p in grid.pages]
+    pages = [read_grid_info(p) for p in grid.pages]
     assert [len(p["rows"]) for p in pages] == [10, 2] and [p["page"] for p in pages] == [1, 2]
     assert pages[0]["rows"] + pages[1]["rows"] == whole["rows"]
-    assert preview.grid_files(version)[0].pages == grid.pages
+    assert grid_files(version)[0].pages == grid.pages
     # fewer checkpoints later: the stale second page goes away
     for epoch in range(4, 13):
         (version.checkpoints_dir / f"dog_v1-{epoch:06d}.safetensors").unlink()
-    assert preview.build_grids(version)[0].pages == []
+    assert build_grids(version)[0].pages == []
     assert not list(version.previews_dir.glob("grid-01-page*.png"))
 
 
@@ -353,15 +363,15 @@ def test_a_second_run_of_the_same_version_is_refused(work, host):
     worker.start()
     try:
         assert entered.wait(60)
-        assert preview.is_running(version)
-        with pytest.raises(preview.PreviewBusy):
+        assert is_running(version)
+        with pytest.raises(PreviewBusy):
             run_preview(version, host, small(weights=[1.0]))
-        with pytest.raises(preview.PreviewBusy):
-            preview.build_grids(version)
+        with pytest.raises(PreviewBusy):
+            build_grids(version)
     finally:
         release.set()
         worker.join(120)
-    assert not preview.is_running(version)
+    assert not is_running(version)
 
 
 # ---- recommendation ----------------------------------------------------------------------------------------------
@@ -381,12 +391,12 @@ def write_scores(version, scores):
 
 def test_recommendation_from_the_trainers_events(work):
     version = work.version
-    rec = preview.recommend(version)
+    rec = recommend(version)
     names = [c.name for c in version.checkpoints()]
     assert [s.name for s in rec.scores] == names
     assert all(s.eval_set == "train_subset" and s.eval_loss > 0 for s in rec.scores)
     lowest = min(s.eval_loss for s in rec.scores)
-    close = [s.name for s in rec.scores if s.eval_loss <= lowest * (1 + preview.TIE_TOLERANCE)]
+    close = [s.name for s in rec.scores if s.eval_loss <= lowest * (1 + TIE_TOLERANCE)]
     assert rec.best == close[0] and rec.best_score.name == rec.best
     assert "hint, not a verdict" in rec.note
 
@@ -395,27 +405,27 @@ def test_recommendation_lowest_earlier_on_ties_held_out_first(work):
     version = work.version
     write_scores(version, [("dog_v1-000001", 1, 2, 0.30, "held_out"), ("dog_v1-000002", 2, 4, 0.20, "held_out"),
                            ("dog_v1", 3, 6, 0.25, "held_out")])
-    rec = preview.recommend(version)
+    rec = recommend(version)
     assert rec.best == "dog_v1-000002" and rec.eval_set == "held_out"
     assert rec.scores[1] == ("dog_v1-000002", 2, 4, 0.20, "held_out")
     assert "held out" in rec.note and "hint, not a verdict" in rec.note
     # within the tolerance the earlier checkpoint wins
     write_scores(version, [("dog_v1-000001", 1, 2, 0.2010, "held_out"), ("dog_v1-000002", 2, 4, 0.2000, "held_out"),
                            ("dog_v1", 3, 6, 0.2005, "held_out")])
-    assert preview.recommend(version).best == "dog_v1-000001"
+    assert recommend(version).best == "dog_v1-000001"
     write_scores(version, [("dog_v1-000001", 1, 2, 0.2, "held_out"), ("dog_v1-000002", 2, 4, 0.2, "held_out")])
-    assert preview.recommend(version).best == "dog_v1-000001"
+    assert recommend(version).best == "dog_v1-000001"
     # held-out scores are compared among themselves; old events without eval_set count as training pictures
     write_scores(version, [("dog_v1-000001", 1, 2, 0.1, None), ("dog_v1-000002", 2, 4, 0.3, "held_out"),
                            ("dog_v1", 3, 6, 0.2, "held_out")])
-    rec = preview.recommend(version)
+    rec = recommend(version)
     assert rec.best == "dog_v1" and rec.scores[0].eval_set == "train_subset"
     # a checkpoint deleted since is left out
     (version.checkpoints_dir / "dog_v1.safetensors").unlink()
-    assert preview.recommend(version).best == "dog_v1-000002"
-    chart = preview.score_chart(version, size=(400, 200))
+    assert recommend(version).best == "dog_v1-000002"
+    chart = charts.score_chart(version, size=(400, 200))
     assert chart.size == (400, 200) and len(np.unique(np.asarray(chart).reshape(-1, 3), axis=0)) > 3
     version.events_path.unlink()
-    empty = preview.recommend(version)
+    empty = recommend(version)
     assert empty.best is None and empty.scores == [] and empty.note
-    assert preview.score_chart(version).size == (640, 320)
+    assert charts.score_chart(version).size == (640, 260)

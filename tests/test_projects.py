@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from lib_trainer import projects
-from lib_trainer.names import InvalidName, validate_name
+from lib_trainer.common.names import InvalidName, validate_name
 from lib_trainer.trainer import schema
 
 

@@ -681,9 +681,9 @@ def test_bad_settings_fail_clearly(tiny_sd1, guarded, overrides, words):
 
 def test_checkpoints_are_scored_on_held_out_pictures_when_there_are_enough(tiny_sd1, tmp_path, monkeypatch):
     from lib_trainer.trainer import data as data_mod
-    from lib_trainer.trainer.train import Trainer
+    from lib_trainer.trainer import holdout
 
-    monkeypatch.setattr(Trainer, "EVAL_PICTURES", 4)
+    monkeypatch.setattr(holdout, "EVAL_PICTURES", 4)
     trained = set()
     caption_for = data_mod.caption_for
     monkeypatch.setattr(data_mod, "caption_for", lambda cfg, e, rng: trained.add(e.path.name) or caption_for(cfg, e, rng))

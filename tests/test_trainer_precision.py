@@ -133,17 +133,17 @@ def test_presets_train_as_configured_for_a_gpu(gpu_precision, bitsandbytes_impor
     """What the tab starts on an NVIDIA GPU: the preset's and VRAM tier's config (fp16, AdamW8bit on small tiers,
     text encoders trained, gradient checkpointing, cached latents, min-SNR, restarts, state, samples), only made
     tiny (64 px, 2 epochs of 2 steps)."""
-    from lib_trainer import config
+    from lib_trainer import presets
 
     make_dataset(tmp_path, folder="1_tt_dog")
     out = tmp_path / "out"
-    paths = config.VersionPaths(train_dir=tmp_path / "train", reg_dir=tmp_path / "reg", checkpoints_dir=out,
+    paths = presets.VersionPaths(train_dir=tmp_path / "train", reg_dir=tmp_path / "reg", checkpoints_dir=out,
                                 samples_dir=tmp_path / "samples", logs_dir=tmp_path / "logs",
                                 events_path=tmp_path / "events.jsonl", output_name="tt")
     model = tiny_sdxl if arch == "sdxl" else tiny_sd1
     tiny = dict(resolution="64,64", min_bucket_reso=32, max_bucket_reso=128, bucket_reso_steps=32, max_train_epochs=2,
                 train_batch_size=2)
-    cfg = config.build_config(paths, str(model), arch, preset, vram_gb, overrides=tiny, sample_prompt="tt_dog, dog",
+    cfg = presets.build_config(paths, str(model), arch, preset, vram_gb, overrides=tiny, sample_prompt="tt_dog, dog",
                               cuda=True)
     assert cfg.mixed_precision == "fp16"
     result = train(cfg)

@@ -1,6 +1,6 @@
 """Regularization pictures in the tab (lib_trainer/ui/reg_panel.py): import into dataset/reg/<repeats>_<class>/,
 rename, repeats, move to the trash and back; the trainer's config then reads them."""
-from lib_trainer import config
+from lib_trainer import presets
 from lib_trainer.ui import reg_panel
 from tests.ui_support import broken_file, make_context, pictures
 
@@ -21,7 +21,7 @@ def test_regularization_pictures_from_upload_to_the_trainer_config(tmp_path):
     assert sorted(p.name for p in (version.reg_dir / "2_dog").glob("*.png")) == [
         "dog_00.png", "dog_01.png", "dog_02.png"]
     assert reg_panel.on_refresh(ctx, "dog", "v1")[:2] == ("dog", 2)
-    cfg = config.build_config(config.VersionPaths.of(version), "m", "sd1", "person", 8)
+    cfg = presets.build_config(presets.VersionPaths.of(version), "m", "sd1", "person", 8)
     assert cfg.reg_data_dir == str(version.reg_dir)
 
     # A server folder adds to the same class; the class and repeats can change without importing

@@ -1,6 +1,6 @@
 """Train, Stop and Resume through the tab's callbacks with the real job runner (and a fake trainer that steps every
 50 ms until it is stopped), watched through the tab's own poll."""
-from lib_trainer.jobs import JobRunner, RunnerSettings
+from lib_trainer.jobs.runner import JobRunner, RunnerSettings
 from lib_trainer.ui import dataset_panel, tab, train_fields, train_panel
 from tests.jobs_support import fake_python, single_thread_env, wait_for
 from tests.ui_support import make_context, pictures

@@ -3,7 +3,8 @@ load, and the standalone app wraps the same tab."""
 from collections import Counter
 
 from lib_trainer import app
-from lib_trainer.ui import build_tab, compat, tab
+from lib_trainer.ui import compat, tab
+from lib_trainer.ui.tab import build_tab
 from tests.ui_support import make_context
 
 
@@ -105,7 +106,7 @@ def test_poll_refreshes_checkpoints_only_when_they_or_the_preview_change(tmp_pat
 
 
 def test_the_tab_in_chinese(tmp_path):
-    from lib_trainer.i18n import set_language
+    from lib_trainer.common.i18n import set_language
     from lib_trainer.ui import dataset_panel, project_bar, train_panel
 
     set_language("zh_CN")

@@ -3,8 +3,8 @@ import base64
 
 import pytest
 
-from lib_trainer import runtime
-from lib_trainer.jobs import JobRunner
+from lib_trainer.common import runtime
+from lib_trainer.jobs.runner import JobRunner
 from lib_trainer.projects import Workspace
 from lib_trainer.ui.context import UIContext
 from tests import webui_double

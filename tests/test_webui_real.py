@@ -113,7 +113,8 @@ def test_training_and_preview_through_the_extensions_own_api(hut, server):
     the GPU release/restore around it and the preview drawn by the WebUI host."""
     import time
 
-    from lib_trainer import preview
+    from lib_trainer.preview.cells import load_manifest
+    from lib_trainer.preview.config import PreviewConfig, save_config
     from lib_trainer.projects import Workspace
     from lib_trainer.trainer.schema import TrainConfig, save_config
     from tests.trainer_fixtures import make_dataset
@@ -128,7 +129,7 @@ def test_training_and_preview_through_the_extensions_own_api(hut, server):
         resolution="64,64", max_train_epochs=2, save_every_n_epochs=1, train_batch_size=2, network_dim=4,
         network_alpha=4.0, learning_rate=5e-2, seed=1234, events_file=str(version.events_path),
     ), version.config_path)
-    preview.save_config(version, preview.PreviewConfig(prompts=["dog, red ball"], weights=[0.5, 1.0], steps=3,
+    save_config(version, PreviewConfig(prompts=["dog, red ball"], weights=[0.5, 1.0], steps=3,
                                                        width=64, height=64, seed=1234))
 
     job = server.post("/train_tools/v1/jobs", {"project": "webui_e2e", "version": "v1"})
@@ -136,7 +137,7 @@ def test_training_and_preview_through_the_extensions_own_api(hut, server):
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = server.get("/train_tools/v1/status?project=webui_e2e&version=v1")
-        manifest = preview.load_manifest(version) or {}
+        manifest = load_manifest(version) or {}
         if status["status"] in ("failed", "cancelled", "interrupted"):
             pytest.fail(f"training ended {status['status']}: {status.get('error')}\n{status.get('events')}")
         if status["status"] == "finished" and manifest.get("grids") and status["job"]["status"] not in ("queued", "running"):

@@ -185,11 +185,11 @@ def one_torch_thread():
 @contextlib.contextmanager
 def fast_training():
     """One torch thread and a one-picture, one-timestep checkpoint score: tiny runs in seconds."""
-    from lib_trainer.trainer.train import Trainer
+    from lib_trainer.trainer import holdout
 
     with one_torch_thread(), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "EVAL_PICTURES", 1)
-        mp.setattr(Trainer, "EVAL_TIMESTEPS", (500,))
+        mp.setattr(holdout, "EVAL_PICTURES", 1)
+        mp.setattr(holdout, "EVAL_TIMESTEPS", (500,))
         yield
 
 

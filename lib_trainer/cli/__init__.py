@@ -22,12 +22,3 @@ progress lines), ``common`` (workspace, version targets, settings, host), ``arg_
 module per command group (``projects_cmds``, ``dataset_cmds``, ``train_cmds``, ``preview_cmds``) and what ``train``
 uses (``train_config``, ``job_follow``).
 """
-from __future__ import annotations
-
-from lib_trainer.cli.common import CKPT_DIR_ENV, LANG_ENV, LORA_DIR_ENV, PROG, WORKSPACE_ENV
-from lib_trainer.cli.entry import main
-from lib_trainer.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_USAGE, CliError
-from lib_trainer.cli.parser import build_parser
-
-__all__ = ["CKPT_DIR_ENV", "LANG_ENV", "LORA_DIR_ENV", "PROG", "WORKSPACE_ENV", "main", "build_parser", "CliError",
-           "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_STOPPED"]

@@ -6,7 +6,7 @@ import json
 from typing import Any, List, Optional, Sequence, Tuple
 
 from lib_trainer.cli.errors import CliError, EXIT_USAGE
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 
 def parse_value(text: str) -> Any:

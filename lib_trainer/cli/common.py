@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from lib_trainer.cli.errors import CliError, EXIT_USAGE
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 WORKSPACE_ENV = "TRAIN_TOOLS_WORKSPACE"
 CKPT_DIR_ENV = "TRAIN_TOOLS_CKPT_DIR"

@@ -10,7 +10,7 @@ from lib_trainer.cli.arg_values import parse_pairs
 from lib_trainer.cli.common import PROG, find_version, make_host, open_workspace, update_settings, version_settings
 from lib_trainer.cli.errors import CliError, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from lib_trainer.cli.output import Output
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 
 def cmd_import(args: argparse.Namespace, out: Output) -> int:

@@ -11,7 +11,7 @@ from lib_trainer.cli.common import LANG_ENV, PROG
 from lib_trainer.cli.errors import CliError, EXIT_FAILED, EXIT_STOPPED, EXIT_USAGE, is_user_error
 from lib_trainer.cli.output import Output
 from lib_trainer.cli.parser import build_parser
-from lib_trainer.i18n import set_language, tr
+from lib_trainer.common.i18n import set_language, tr
 
 
 def _language(argv: Sequence[str]) -> Optional[str]:

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 from lib_trainer.cli.common import EXTENSION_ROOT, POLL_S, PROG, ckpt_dirs, resolve_lora_dir, version_settings
 from lib_trainer.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 from lib_trainer.cli.output import Output, TrainProgress, checkpoint_dicts, say_checkpoints
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 
 QUEUE_NOTICE_S = 2.0  # say that a job waits in the queue once it has waited this long
@@ -52,8 +52,8 @@ def spawn_worker(args: argparse.Namespace, ws):
 def follow_job(out: Output, runner, version, job_id: str, since: float, worker=None,
             command: str = "train") -> Tuple[int, Dict[str, Any]]:
     """Show a job's progress until it ends; Ctrl-C asks the trainer to save and stop (twice: stop it at once)."""
-    from lib_trainer.event_tail import EventTail
-    from lib_trainer.job_store import ACTIVE_STATUSES
+    from lib_trainer.jobs.events import EventTail
+    from lib_trainer.jobs.store import ACTIVE_STATUSES
 
     progress = TrainProgress(out)
     tail = None
@@ -121,7 +121,7 @@ class _no_interrupts:
 
 
 def _kill_trainer(runner, job_id: str) -> None:
-    from lib_trainer.job_process import find_trainer
+    from lib_trainer.jobs.process import find_trainer
 
     job = runner.store.get(job_id)
     proc = find_trainer(job) if job is not None else None

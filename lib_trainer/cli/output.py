@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 
 PLAIN_PROGRESS_EVERY_S = 10.0  # without a terminal, a progress line at most this often (and at each new epoch)
@@ -70,7 +70,7 @@ def _isatty(stream) -> bool:
 
 
 def duration_text(seconds: Optional[float]) -> str:
-    from lib_trainer.config import format_duration
+    from lib_trainer.presets import format_duration
 
     return format_duration(seconds)
 

@@ -11,7 +11,7 @@ from lib_trainer.cli.dataset_cmds import cmd_caption, cmd_import
 from lib_trainer.cli.preview_cmds import cmd_pick, cmd_preview
 from lib_trainer.cli.projects_cmds import cmd_list, cmd_new, cmd_status
 from lib_trainer.cli.train_cmds import cmd_train, cmd_worker
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 
 def _common(json_help: bool = True) -> argparse.ArgumentParser:

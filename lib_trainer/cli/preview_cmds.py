@@ -9,18 +9,21 @@ from typing import Any, Callable, Dict, Optional
 from lib_trainer.cli.common import POLL_S, find_version, make_host, open_workspace, resolve_lora_dir
 from lib_trainer.cli.errors import CliError, EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 from lib_trainer.cli.output import Output
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 
 def cmd_preview(args: argparse.Namespace, out: Output) -> int:
-    from lib_trainer import preview
+    from lib_trainer.checkpoints.recommend import recommend
+    from lib_trainer.preview.cells import weight_text
+    from lib_trainer.preview.config import load_config, PreviewConfig, save_config
+    from lib_trainer.preview.run import run_preview
 
     ws = open_workspace(args)
     version = find_version(ws, args.target)
     if not version.checkpoints() and not args.set_only:
         raise CliError(tr("Version \"{version}\" has no checkpoints yet: train it first.", version=version.key))
     host = make_host(args, ws)
-    cfg = preview.load_config(version, host)
+    cfg = load_config(version, host)
     changes = {k: v for k, v in (("prompts", args.prompt), ("negative_prompt", args.negative),
                                  ("weights", args.weights), ("seed", args.seed), ("steps", args.steps),
                                  ("cfg_scale", args.cfg), ("sampler", args.sampler), ("clip_skip", args.clip_skip),
@@ -30,8 +33,8 @@ def cmd_preview(args: argparse.Namespace, out: Output) -> int:
     if args.no_reference:
         changes["reference"] = False
     if changes or args.set_only:
-        cfg = preview.PreviewConfig.from_dict({**cfg.to_dict(), **changes})
-        preview.save_config(version, cfg)
+        cfg = PreviewConfig.from_dict({**cfg.to_dict(), **changes})
+        save_config(version, cfg)
     if args.set_only:
         out.say(tr("Preview settings of \"{key}\" saved: {weights} weight(s) × {prompts} prompt(s), "
                    "{width}×{height}, {steps} steps, seed {seed}.", key=version.key, weights=len(cfg.weights),
@@ -41,7 +44,7 @@ def cmd_preview(args: argparse.Namespace, out: Output) -> int:
     stop = threading.Event()
 
     def progress(done: int, total: int, cell) -> None:
-        what = tr("no LoRA") if cell.reference else f"{cell.checkpoint.name} @ {preview.weight_text(cell.weight)}"
+        what = tr("no LoRA") if cell.reference else f"{cell.checkpoint.name} @ {weight_text(cell.weight)}"
         out.progress(tr("drawing {done}/{total}: prompt {prompt}, {what}", done=done, total=total,
                         prompt=cell.prompt_index + 1, what=what))
         out.emit({"event": "cell", "done": done, "total": total, "key": cell.key, "file": cell.file,
@@ -52,7 +55,7 @@ def cmd_preview(args: argparse.Namespace, out: Output) -> int:
                "{width}×{height}, {steps} steps, seed {seed}.", key=version.key,
                checkpoints=len(version.checkpoints()), weights=len(cfg.weights), prompts=len(cfg.prompts),
                width=cfg.width, height=cfg.height, steps=cfg.steps, seed=cfg.seed))
-    result = _interruptible(lambda: preview.run_preview(version, host, cfg, checkpoints=args.checkpoint or None,
+    result = _interruptible(lambda: run_preview(version, host, cfg, checkpoints=args.checkpoint or None,
                                                         stop=stop, progress=progress, restart=args.restart),
                             stop, host.interrupt, out)
     out.end_progress()
@@ -66,7 +69,7 @@ def cmd_preview(args: argparse.Namespace, out: Output) -> int:
         out.say(tr("Grid of prompt {n}: {path}", n=grid.prompt_index + 1, path=str(grid.path)))
         for page in grid.pages:
             out.say("  " + str(page))
-    rec = preview.recommend(version)
+    rec = recommend(version)
     if rec.best:
         out.say(rec.note)
     document = {"ok": result.complete, "command": "preview", "version": version.key, "seed": result.seed,
@@ -114,7 +117,7 @@ def _interruptible(work: Callable[[], Any], stop: threading.Event, interrupt: Ca
 
 
 def cmd_pick(args: argparse.Namespace, out: Output) -> int:
-    from lib_trainer import pick
+    from lib_trainer.checkpoints import promote
 
     ws = open_workspace(args)
     version = find_version(ws, args.target)
@@ -126,9 +129,9 @@ def cmd_pick(args: argparse.Namespace, out: Output) -> int:
     host = make_host(args, ws)
     assert lora_dir is not None
     try:
-        result = pick.use_checkpoint(version, chosen, host, name=args.name, weight=args.weight,
+        result = promote.use_checkpoint(version, chosen, host, name=args.name, weight=args.weight,
                                      overwrite=args.overwrite)
-    except pick.NameTaken as exc:
+    except promote.NameTaken as exc:
         raise CliError(str(exc) + " " + tr("(--name NAME picks another name; --overwrite replaces it.)"),
                        data={"suggestion": exc.suggestion}) from None
     for warning in result.warnings:
@@ -147,12 +150,12 @@ def cmd_pick(args: argparse.Namespace, out: Output) -> int:
 
 def _choose_checkpoint(version, checkpoints, wanted: Optional[str]):
     """A checkpoint by name, file, epoch number, "best" (the recommendation) or, by default, the final one."""
-    from lib_trainer import preview
+    from lib_trainer.checkpoints.recommend import recommend
 
     if not wanted or wanted == "last":
         return checkpoints[-1]
     if wanted == "best":
-        best = preview.recommend(version).best
+        best = recommend(version).best
         if best is None:
             raise CliError(tr("No checkpoint scores were recorded, so there is no recommendation; name the "
                               "checkpoint or its epoch."))

@@ -9,12 +9,12 @@ from lib_trainer.cli.common import PROG, find_version, open_workspace, split_tar
 from lib_trainer.cli.errors import EXIT_OK
 from lib_trainer.cli.job_follow import QUEUE_NOTICE_S, follow_job, spawn_worker
 from lib_trainer.cli.output import Output, TrainProgress, checkpoint_dicts, say_checkpoints, status_label
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 
 def cmd_new(args: argparse.Namespace, out: Output) -> int:
-    from lib_trainer.names import validate_name
-    from lib_trainer.projects import DEFAULT_VERSION, AlreadyExists, NotFound
+    from lib_trainer.common.names import validate_name
+    from lib_trainer.projects import AlreadyExists, DEFAULT_VERSION, NotFound
 
     ws = open_workspace(args)
     project_name, version_name = split_target(args.target)
@@ -77,7 +77,8 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
-    from lib_trainer.jobs import ACTIVE_STATUSES, JobRunner
+    from lib_trainer.jobs.runner import JobRunner
+    from lib_trainer.jobs.store import ACTIVE_STATUSES
 
     ws = open_workspace(args)
     runner = JobRunner(ws, host=None)
@@ -127,10 +128,10 @@ def _stuck(job: Dict[str, Any]) -> bool:
 
 def _queue_is_run(ws) -> bool:
     """Whether some runner (a worker, the app or the WebUI) holds the workspace's trainer lock right now."""
-    from lib_trainer.job_process import FileLock
+    from lib_trainer.jobs.lock import try_acquire, workspace_lock
 
-    lock = FileLock(ws.root / ".trainer.lock")
-    if lock.acquire(blocking=False):
+    lock = workspace_lock(ws.root / ".trainer.lock")
+    if try_acquire(lock):
         lock.release()
         return False
     return True

@@ -11,12 +11,12 @@ from lib_trainer.cli.errors import CliError, EXIT_OK
 from lib_trainer.cli.job_follow import follow_job, spawn_worker, wants_auto_preview
 from lib_trainer.cli.output import Output
 from lib_trainer.cli.train_config import build_train_config
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 
 def cmd_train(args: argparse.Namespace, out: Output) -> int:
-    from lib_trainer import config
-    from lib_trainer.jobs import JobRunner
+    from lib_trainer import presets
+    from lib_trainer.jobs.runner import JobRunner
     from lib_trainer.trainer import schema
 
     ws = open_workspace(args)
@@ -31,8 +31,8 @@ def cmd_train(args: argparse.Namespace, out: Output) -> int:
         out.say(tr("Resuming \"{key}\" from {state}.", key=version.key, state=job.resume))
     else:
         cfg, arch = build_train_config(args, out, version)
-        est = config.estimate(cfg, arch, *config.last_speed(version.read_events()))
-        out.say(config.describe_estimate(est))
+        est = presets.estimate(cfg, arch, *presets.last_speed(version.read_events()))
+        out.say(presets.describe_estimate(est))
         schema.save_config(cfg, version.config_path)
         earlier = version.checkpoints()
         if earlier:
@@ -65,7 +65,7 @@ def _remember_preview_choice(args: argparse.Namespace, version) -> None:
 
 def _wait_for_preview(out: Output, version, worker, document: Dict[str, Any]) -> None:
     """After a foreground run with --preview: the worker draws the grid; wait for it and say where it is."""
-    from lib_trainer import preview
+    from lib_trainer.preview.grid import grid_files
 
     out.say(tr("Drawing the preview grid …"))
     try:
@@ -75,7 +75,7 @@ def _wait_for_preview(out: Output, version, worker, document: Dict[str, Any]) ->
                     prog=PROG, key=version.key))
         return
     error = (version.state().get("after_train_error") or {}).get("message")
-    grids = preview.grid_files(version)
+    grids = grid_files(version)
     if error:
         out.warn(tr("The preview failed: {message}", message=error))
     for grid in grids:
@@ -108,15 +108,16 @@ class _DeferredHost:
 
 def cmd_worker(args: argparse.Namespace, out: Output) -> int:
     """Run the queue of a workspace until no job is queued or running (what `train` starts in the background)."""
-    from lib_trainer.jobs import ACTIVE_STATUSES, JobRunner, RunnerSettings
+    from lib_trainer.jobs.runner import JobRunner, RunnerSettings
+    from lib_trainer.jobs.store import ACTIVE_STATUSES
 
     ws = open_workspace(args)
     host = _DeferredHost(lambda: make_host(args, ws))
 
     def after_train(version) -> None:
-        from lib_trainer import preview
+        from lib_trainer.preview.run import run_preview
 
-        result = preview.run_preview(version, host.get())
+        result = run_preview(version, host.get())
         print(f"preview of {version.key}: {[str(g.path) for g in result.grids]}", flush=True)
 
     settings = RunnerSettings(python=args.python, gpu=args.gpu)

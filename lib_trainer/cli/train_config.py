@@ -10,7 +10,7 @@ from lib_trainer.cli.arg_values import parse_pairs, parse_value
 from lib_trainer.cli.common import make_host, update_settings, use_trainer_deps, version_settings
 from lib_trainer.cli.errors import CliError, EXIT_USAGE
 from lib_trainer.cli.output import Output
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 
 DEFAULT_VRAM_GB = 8
@@ -18,7 +18,7 @@ DEFAULT_VRAM_GB = 8
 
 def build_train_config(args: argparse.Namespace, out: Output, version):
     """The version's trainer config from --base/--preset/--vram/--set and what the version used last time."""
-    from lib_trainer import config
+    from lib_trainer import presets
     from lib_trainer.trainer import schema
 
     saved = dict(version_settings(version).get("train") or {})
@@ -38,17 +38,17 @@ def build_train_config(args: argparse.Namespace, out: Output, version):
     keep_tokens = version_settings(version).get("keep_tokens")  # protects the trigger word set with "caption --trigger"
     if "keep_tokens" not in effective and keep_tokens:
         effective["keep_tokens"] = int(keep_tokens)
-    preset = args.preset or saved.get("preset") or config.PRESETS[0]
+    preset = args.preset or saved.get("preset") or presets.PRESETS[0]
     vram = args.vram or saved.get("vram_gb") or DEFAULT_VRAM_GB
     wanted = args.base or saved.get("base_model") or ""
     sample_prompt = args.sample_prompt if args.sample_prompt is not None else saved.get("sample_prompt", "")
     base, arch, problems = _resolve_base(args, version, wanted)
     try:
-        cfg = config.build_config(config.VersionPaths.of(version), base, arch, preset, vram, effective,
+        cfg = presets.build_config(presets.VersionPaths.of(version), base, arch, preset, vram, effective,
                                   sample_prompt=sample_prompt or None)
     except schema.ConfigError as exc:
         raise CliError(str(exc), problems=[{"field": "config", "message": str(exc)}]) from None
-    problems += [{"field": p.field, "message": p.message} for p in config.check(cfg)]
+    problems += [{"field": p.field, "message": p.message} for p in presets.check(cfg)]
     if problems:
         for p in problems:
             out.warn(tr("{field}: {message}", field=p["field"], message=p["message"]))
@@ -59,21 +59,21 @@ def build_train_config(args: argparse.Namespace, out: Output, version):
                                      "preset": preset, "vram_gb": vram, "overrides": overrides,
                                      "sample_prompt": sample_prompt})
     out.say(tr("Base model {model} ({arch}), preset {preset}, {vram} GB VRAM tier.", model=base, arch=arch,
-               preset=config.preset_label(preset), vram=vram))
+               preset=presets.preset_label(preset), vram=vram))
     return cfg, arch
 
 
 def _resolve_base(args: argparse.Namespace, version, wanted: str) -> Tuple[str, str, List[Dict[str, str]]]:
     """(path, architecture, problems) of a base model given as a file or as a title in --ckpt-dir."""
     if not wanted:
-        return "", "sd1", []  # config.check says "Choose a base model."
+        return "", "sd1", []  # presets.check says "Choose a base model."
     path = Path(wanted).expanduser()
     if not path.is_file():
         host = make_host(args, version.project.workspace)
         for info in host.checkpoints():
             if wanted in (info.title, info.path, Path(info.path).name, Path(info.path).stem):
                 return info.path, info.arch if info.arch != "unknown" else "sd1", _arch_problems(info.arch, info.path)
-        return str(path.absolute()), "sd1", []  # config.check says it does not exist
+        return str(path.absolute()), "sd1", []  # presets.check says it does not exist
     resolved = path.resolve()
     st = resolved.stat()
     stamp = [str(resolved), st.st_size, st.st_mtime_ns]

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from lib_trainer.fsutil import atomic_write_bytes, atomic_write_json, read_json
-from lib_trainer.i18n import tr
+from lib_trainer.common.files import atomic_write_bytes, atomic_write_json, read_json
+from lib_trainer.common.i18n import tr
 from lib_trainer.trainer.folders import IMAGE_EXTENSIONS
 
 __all__ = [

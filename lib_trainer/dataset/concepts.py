@@ -5,7 +5,7 @@ regularization pictures in ``dataset/reg/<repeats>_<class>/``. Here a concept is
 its repeats changed; a rename (of the name or the repeats) is one atomic folder rename, and the caption undo
 journal is pointed at the new folder so that undo still works afterwards.
 
-Concept names follow :func:`lib_trainer.names.validate_name` (any Unicode text a person would type; no path
+Concept names follow :func:`lib_trainer.common.names.validate_name` (any Unicode text a person would type; no path
 separators, ``..`` or control characters). Two concepts of one folder may not differ only in case or repeats.
 
 Standard library only: this runs inside the WebUI process.
@@ -22,8 +22,8 @@ from typing import List, Optional, Tuple, Union
 from lib_trainer.dataset.captions import (
     caption_lock, journal_path_for, list_pictures, preset_kind, relocate_journal,
 )
-from lib_trainer.i18n import tr
-from lib_trainer.names import InvalidName, validate_name
+from lib_trainer.common.i18n import tr
+from lib_trainer.common.names import InvalidName, validate_name
 from lib_trainer.trainer.folders import parse_folder_name
 
 __all__ = [

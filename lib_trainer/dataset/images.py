@@ -29,7 +29,7 @@ from typing import IO, Dict, Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 from lib_trainer.trainer.folders import ORIENTATION_TAG, TRANSPOSE_FOR_ORIENTATION
 
 __all__ = [

@@ -40,8 +40,8 @@ from lib_trainer.dataset.images import (
     is_image_name,
     sniff_format,
 )
-from lib_trainer.fsutil import atomic_write_bytes, atomic_write_json, read_json, sha256_file
-from lib_trainer.i18n import tr
+from lib_trainer.common.files import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from lib_trainer.common.i18n import tr
 
 __all__ = [
     "INDEX_NAME",

@@ -46,8 +46,8 @@ from lib_trainer.dataset.images import (
     parse_background,
 )
 from lib_trainer.dataset.importer import safe_name_stem
-from lib_trainer.fsutil import atomic_save, atomic_write_json, atomic_write_text, read_json, short_hash
-from lib_trainer.i18n import tr
+from lib_trainer.common.files import atomic_save, atomic_write_json, atomic_write_text, read_json, short_hash
+from lib_trainer.common.i18n import tr
 from lib_trainer.trainer.buckets import assign_bucket, make_buckets
 from lib_trainer.trainer.folders import parse_folder_name
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from lib_trainer.dataset.images import ImageProblem, inspect_image, iter_images, open_image
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 from lib_trainer.trainer.buckets import assign_bucket, assign_bucket_no_upscale, make_buckets
 from lib_trainer.trainer.folders import parse_folder_name
 

@@ -28,7 +28,7 @@ from lib_trainer.dataset.captions import (
     split_tags,
 )
 from lib_trainer.hosts.base import HostError, TaggerInfo
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 from lib_trainer.trainer.folders import open_rgb
 
 __all__ = ["EXISTING_MODES", "TaggingUnavailable", "TaggingReport", "available_taggers", "no_tagger_message",

@@ -3,20 +3,3 @@
 ``base`` holds the protocol (standard library + Pillow). ``webui`` is the only module importing the WebUI's
 ``modules``; ``standalone`` needs the trainer's private dependencies. Import those two explicitly, never from here.
 """
-from lib_trainer.hosts.base import (
-    CheckpointInfo,
-    Host,
-    HostError,
-    HostInterrupted,
-    LoraSpec,
-    LoraStaging,
-    TaggerInfo,
-    Txt2ImgRequest,
-    Txt2ImgResult,
-    lora_prompt,
-)
-
-__all__ = [
-    "CheckpointInfo", "Host", "HostError", "HostInterrupted", "LoraSpec", "LoraStaging", "TaggerInfo",
-    "Txt2ImgRequest", "Txt2ImgResult", "lora_prompt",
-]

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Union
 
-from lib_trainer.fsutil import atomic_copy, sha256_file
-from lib_trainer.i18n import tr
+from lib_trainer.common.files import atomic_copy, sha256_file
+from lib_trainer.common.i18n import tr
 
 if TYPE_CHECKING:  # Pillow is only needed for the annotations
     from PIL import Image

@@ -5,30 +5,17 @@ Standard library only at import; torch is imported only for a pickled ``.ckpt`` 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import struct
 from pathlib import Path
 
-
-def safetensors_keys(path: Path) -> list[str]:
-    """Tensor names of a .safetensors file, from its JSON header alone."""
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            raise ValueError("not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", head)
-        if length > 100 * 2**20:
-            raise ValueError("not a safetensors file (header too large)")
-        header = json.loads(fh.read(length).decode("utf-8"))
-    return [k for k in header if k != "__metadata__"]
+from lib_trainer.common.files import sha256_file
+from lib_trainer.common.safetensors_header import read_header
 
 
 def checkpoint_keys(path: Path) -> list[str]:
     """Tensor names of a checkpoint: the header of a .safetensors, or a ``.ckpt`` read with ``weights_only``."""
     if path.suffix.lower() == ".safetensors":
-        return safetensors_keys(path)
+        return read_header(path).tensor_names
     import torch
 
     data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -62,11 +49,5 @@ def detect_checkpoint_arch(path: Path) -> str:
 
 def safetensors_data_hash(path: Path) -> str:
     """sha256 of a .safetensors file's tensor data (after the header): the WebUI's and sd-scripts' Lora hash."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        if path.suffix.lower() == ".safetensors":
-            header_len = struct.unpack("<Q", fh.read(8))[0]
-            fh.seek(8 + header_len)
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    offset = read_header(path).data_offset if path.suffix.lower() == ".safetensors" else 0
+    return sha256_file(path, offset)

@@ -35,7 +35,7 @@ from lib_trainer.hosts.base import (
     lora_prompt,
 )
 from lib_trainer.hosts.checkpoint_files import detect_checkpoint_arch, safetensors_data_hash
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 PathLike = Any  # str | os.PathLike
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")

@@ -48,8 +48,9 @@ from lib_trainer.hosts.base import (
     check_request,
     lora_prompt,
 )
-from lib_trainer.hosts.checkpoint_files import detect_checkpoint_arch, safetensors_keys
-from lib_trainer.i18n import tr
+from lib_trainer.common.safetensors_header import read_header
+from lib_trainer.hosts.checkpoint_files import detect_checkpoint_arch
+from lib_trainer.common.i18n import tr
 
 JOB_NAME = "train_tools"
 WD14_DEFAULT_THRESHOLD = 0.35
@@ -80,7 +81,7 @@ def _offline() -> bool:
 
 def lora_module_names(path: Path) -> set[str]:
     """The layers a LoRA/LyCORIS .safetensors file patches (``lora_unet_…``, ``lora_te…``), from its header."""
-    return {key.split(".", 1)[0] for key in safetensors_keys(path)
+    return {key.split(".", 1)[0] for key in read_header(path).tensor_names
             if "." in key and not key.startswith("bundle_emb.")}
 
 

@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     for message in config_warnings:
         events.emit("warning", message=message)
 
-    from .train import StopRequest, run
+    from .stop_signal import StopSignal
+    from .train import run
 
-    stop = StopRequest()
+    stop = StopSignal()
     stop.install()
     try:
         return run(cfg, events, stop)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+from lib_trainer.common.files import atomic_write_text
 
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "SGD")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
@@ -452,24 +453,6 @@ def dumps_config(cfg: TrainConfig) -> str:
             continue
         lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
-
-
-def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def save_config(cfg: TrainConfig, path: Union[str, os.PathLike]) -> None:

@@ -7,36 +7,35 @@ v-prediction targets, optional noise offset and min-SNR weighting. A "step" is o
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import random
-import shutil
-import signal
 import time
-import traceback
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from lib_trainer.common.files import atomic_save
+from lib_trainer.common.tracebacks import traceback_tail
+
 from . import buckets as bucketing
 from . import data as data_mod
+from .distributed import average_gradients, loss_and_stop, step_groups
+from .errors import TrainingError
 from .events import EventWriter
 from .folders import describe_empty, scan_dataset
 from .metadata import build_metadata, finalize_metadata
 from .models import LoadedModel, ModelLoadError, load_model
 from .network import NetworkError, create_network, load_network_weights, network_state_for_file, unet_name_map
 from .optim import create_optimizer, create_scheduler, describe_optimizer, warmup_steps
+from .holdout import choose_holdout, fixed_noise_score
 from .schema import ConfigError, TrainConfig, validate
+from .state import load_training_state, save_training_state
+from .stop_signal import StopSignal
 from .text import encode_sd, encode_sdxl, tokenize
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class TrainingError(RuntimeError):
-    """A failure with a message meant for the person running the training."""
 
 
 def training_precision(requested: str, cuda: bool) -> str:
@@ -45,43 +44,17 @@ def training_precision(requested: str, cuda: bool) -> str:
     return requested if cuda else "no"
 
 
-class StopRequest:
-    """SIGINT/SIGTERM (and CTRL_BREAK on Windows, which is how the job runner stops a trainer there): finish the
-    current step, write a checkpoint, exit cleanly. A second signal stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def install(self) -> None:
-        def handler(signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-
-        signals = [signal.SIGINT, signal.SIGTERM]
-        if hasattr(signal, "SIGBREAK"):
-            signals.append(signal.SIGBREAK)
-        for sig in signals:
-            try:
-                signal.signal(sig, handler)
-            except ValueError:  # not the main thread (tests calling run() from a thread)
-                pass
-
-
 def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata)
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata))
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, events: EventWriter, stop: Optional[StopRequest] = None):
+    def __init__(self, cfg: TrainConfig, events: EventWriter, stop: Optional[StopSignal] = None):
         self.cfg = cfg
         self.events = events
-        self.stop = stop or StopRequest()
+        self.stop = stop or StopSignal()
         self.checkpoints: list[str] = []
 
     # ---- set-up -----------------------------------------------------------------------------------------
@@ -111,7 +84,13 @@ class Trainer:
             self.warn(message)
         if not self.scan.train_entries:
             raise TrainingError("the dataset is empty: " + describe_empty(self.scan))
-        self.eval_entries, self.eval_set = self.hold_out(cfg.eval_holdout_images)
+        self.eval_entries, self.eval_set = choose_holdout(self.scan.train_entries, cfg.eval_holdout_images, self.seed)
+        if self.eval_set == "held_out":
+            held = {e.path for e in self.eval_entries}
+            self.scan.entries = [e for e in self.scan.entries if e.path not in held]
+            for entry in self.eval_entries:
+                self.warn(f"{entry.path.name} is held out of training to score the checkpoints "
+                          "(eval_holdout_images = 0 trains on every picture)", path=str(entry.path))
         self.plan = data_mod.BatchPlan(cfg, self.scan, self.seed)
 
         # model
@@ -180,9 +159,7 @@ class Trainer:
         self.optimizer = create_optimizer(cfg, params, self.device)
         self.optimizer_desc = describe_optimizer(self.optimizer, cfg)
         self.lr_scheduler = create_scheduler(cfg, self.optimizer, self.total_steps)
-        # The network is not wrapped in DistributedDataParallel: its layers run inside the UNet's and the text
-        # encoders' forward, never through the network's own, so DDP's gradient hooks would never be armed and
-        # every GPU would train alone. average_gradients() does the one all-reduce per step instead.
+        # not wrapped in DistributedDataParallel: see distributed.average_gradients
         self.optimizer = self.accelerator.prepare(self.optimizer)
 
         self.cache_text = not self.train_te and data_mod.captions_are_static(cfg)
@@ -293,17 +270,7 @@ class Trainer:
             noise = noise + cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=gen)
         timesteps = torch.randint(cfg.min_timestep, cfg.max_timestep, (b,), generator=gen)
         noise, timesteps = noise.to(self.device), timesteps.to(self.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-
-        unet_kwargs = {}
-        if self.model.arch == "sdxl":
-            ids = torch.tensor(time_ids, dtype=torch.float32, device=self.device)
-            unet_kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.device), "time_ids": ids}
-        with self.accelerator.autocast():
-            pred = self.model.unet(
-                noisy.to(self.weight_dtype), timesteps, hidden.to(self.device, self.weight_dtype), **unet_kwargs
-            ).sample
-        target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if self.v_prediction else noise
+        pred, target = self.predict(latents, noise, timesteps, hidden, pooled, time_ids)
         loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if cfg.min_snr_gamma:
             snr = self.alphas_cumprod[timesteps] / (1 - self.alphas_cumprod[timesteps])
@@ -314,34 +281,22 @@ class Trainer:
             loss = loss * weights
         return loss.mean()
 
-    # ---- a fixed-noise score --------------------------------------------------------------------------
-    EVAL_TIMESTEPS = (100, 300, 500, 700, 900)
-    EVAL_PICTURES = 4
-    AUTO_HOLDOUT_MIN_PICTURES = 20
+    def predict(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor,
+                pooled: Optional[torch.Tensor], time_ids: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet's prediction for the noised latents and what it should have predicted (ε, or v)."""
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        unet_kwargs = {}
+        if self.model.arch == "sdxl":
+            ids = torch.tensor(time_ids, dtype=torch.float32, device=self.device)
+            unet_kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.device), "time_ids": ids}
+        with self.accelerator.autocast():
+            pred = self.model.unet(
+                noisy.to(self.weight_dtype), timesteps, hidden.to(self.device, self.weight_dtype), **unet_kwargs
+            ).sample
+        target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if self.v_prediction else noise
+        return pred, target
 
-    def hold_out(self, requested: int) -> tuple[list, str]:
-        """Choose the pictures that score each checkpoint and, when held out, take them out of training.
-
-        Held-out pictures measure how well a checkpoint generalises rather than how well it memorised; with
-        few pictures every one is needed for training, so a fixed subset of them is scored instead. The choice
-        depends only on the seed and the file names, so a resumed run holds out the same pictures."""
-        train = self.scan.train_entries
-        if requested < 0:
-            count = min(self.EVAL_PICTURES, len(train) // 10) if len(train) >= self.AUTO_HOLDOUT_MIN_PICTURES else 0
-        else:
-            count = min(requested, len(train) - 1)
-        if count <= 0:
-            return train[: self.EVAL_PICTURES], "train_subset"
-        order = sorted(train, key=lambda e: (e.folder, e.path.name))
-        random.Random(data_mod.derive_seed(self.seed, "holdout")).shuffle(order)
-        held = order[:count]
-        held_paths = {e.path for e in held}
-        self.scan.entries = [e for e in self.scan.entries if e.path not in held_paths]
-        for entry in held:
-            self.warn(f"{entry.path.name} is held out of training to score the checkpoints "
-                      "(eval_holdout_images = 0 trains on every picture)", path=str(entry.path))
-        return held, "held_out"
-
+    # ---- the held-out score -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def inference_mode(self):
         """The network, UNet and text encoders in eval mode for a score or a sample, restored after: gradient
@@ -357,39 +312,19 @@ class Trainer:
                 module.train(mode)
 
     def fixed_noise_score(self) -> float:
-        with self.inference_mode():
-            return self._fixed_noise_score()
-
-    @torch.no_grad()
-    def _fixed_noise_score(self) -> float:
-        """Denoising loss on a fixed set of pictures with fixed noise and timesteps: comparable across checkpoints.
-
-        It is written into every checkpoint event, so the loss curve is not the only hint of progress."""
         m = self.model
-        entries = self.eval_entries
-        gen = torch.Generator().manual_seed(data_mod.derive_seed(self.seed, "eval"))
-        total = 0.0
-        for entry in entries:
-            bucket = self.plan.bucket_for(entry)
-            px, ids = data_mod.pixels(entry, bucket, flip=False)
+
+        def encode(entry):
+            px, ids = data_mod.pixels(entry, self.plan.bucket_for(entry), flip=False)
             latent = m.vae.encode(px[None].to(self.device, m.vae.dtype)).latent_dist.mean.float()
-            latent = latent * m.vae.config.scaling_factor
-            t = torch.tensor(self.EVAL_TIMESTEPS, device=self.device)
-            latents = latent.expand(len(t), -1, -1, -1)
-            noise = torch.randn(latents.shape, generator=gen).to(self.device)
-            hidden, pooled = self.conditioning([entry.caption] * len(t))
-            kwargs = {}
-            if m.arch == "sdxl":
-                kwargs["added_cond_kwargs"] = {
-                    "text_embeds": pooled.to(self.device),
-                    "time_ids": torch.tensor([ids] * len(t), dtype=torch.float32, device=self.device),
-                }
-            with self.accelerator.autocast():
-                pred = m.unet(self.noise_scheduler.add_noise(latents, noise, t).to(self.weight_dtype), t,
-                              hidden.to(self.device, self.weight_dtype), **kwargs).sample
-            target = self.noise_scheduler.get_velocity(latents, noise, t) if self.v_prediction else noise
-            total += F.mse_loss(pred.float(), target.float()).item()
-        return total / max(1, len(entries))
+            return latent * m.vae.config.scaling_factor, ids
+
+        def denoise(latents, noise, t, captions, time_ids):
+            hidden, pooled = self.conditioning(captions)
+            return self.predict(latents, noise, t, hidden, pooled, time_ids)
+
+        with self.inference_mode():
+            return fixed_noise_score(self.eval_entries, encode, denoise, self.seed, self.device)
 
     # ---- saving -----------------------------------------------------------------------------------------
     def unwrapped_network(self):
@@ -408,49 +343,20 @@ class Trainer:
                          eval_loss=round(self.fixed_noise_score(), 6), eval_set=self.eval_set)
 
     def save_state(self, folder: Path, epoch: int, step_in_epoch: int) -> None:
-        """Everything needed to continue exactly: network (fp32), optimizer, scheduler, scaler, position."""
+        """Everything needed to continue exactly (see state.py)."""
         if not self.accelerator.is_main_process:
             return
-        from safetensors.torch import save_file
-
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        net_state = {k: v.detach().cpu().contiguous() for k, v in self.unwrapped_network().state_dict().items()}
-        save_file(net_state, str(tmp / "network.safetensors"))
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
-        (tmp / "train_state.json").write_text(json.dumps({
-            "global_step": self.global_step, "epoch": epoch, "step_in_epoch": step_in_epoch, "seed": self.seed,
-            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-        }), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        save_training_state(folder, self.unwrapped_network(), self.optimizer, self.lr_scheduler,
+                            getattr(self.accelerator, "scaler", None), {
+                                "global_step": self.global_step, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                                "seed": self.seed, "steps_per_epoch": self.steps_per_epoch,
+                                "total_steps": self.total_steps})
 
     def load_state(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        state_file = folder / "train_state.json"
-        if not state_file.is_file():
-            raise TrainingError(f"resume: {folder} is not a state folder written with save_state (no train_state.json)")
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        if state["steps_per_epoch"] != self.steps_per_epoch:
-            raise TrainingError(
-                "resume: the dataset or batch size changed since the state was saved "
-                f"({state['steps_per_epoch']} steps per epoch then, {self.steps_per_epoch} now)"
-            )
+        state = load_training_state(folder, self.unwrapped_network(), self.optimizer, self.lr_scheduler,
+                                    getattr(self.accelerator, "scaler", None), self.steps_per_epoch)
         self.seed = state["seed"]
         self.plan.seed = self.seed
-        self.unwrapped_network().load_state_dict(load_file(str(folder / "network.safetensors")))
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
-        self.lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None and (folder / "scaler.pt").is_file():
-            scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
         self.global_step = state["global_step"]
         self.start_epoch = state["epoch"]
         self.resume_step_in_epoch = state["step_in_epoch"]
@@ -462,46 +368,8 @@ class Trainer:
         return Path(self.cfg.output_dir) / f"{self.cfg.output_name}{suffix}-state"
 
     def step_groups(self, epoch: int) -> list[list[tuple[int, data_mod.Batch]]]:
-        """This process's batches of an epoch, grouped into optimizer steps of gradient_accumulation_steps.
-
-        Every batch keeps its index in the whole epoch, which seeds its noise, so a multi-GPU run draws the
-        same noise for a batch whichever process trains it."""
-        n_proc, rank = self.accelerator.num_processes, self.accelerator.process_index
-        batches = list(enumerate(self.plan.batches(epoch)))
-        if n_proc > 1:  # every process needs the same number of steps: a remainder batch is left out
-            batches = batches[: len(batches) - len(batches) % n_proc][rank::n_proc]
-        accum = self.cfg.gradient_accumulation_steps
-        return [batches[i : i + accum] for i in range(0, len(batches), accum)]
-
-    def average_gradients(self, params: list) -> None:
-        """With several processes, replace every gradient by its mean over them (one all-reduce per dtype)."""
-        n = self.accelerator.num_processes
-        if n < 2:
-            return
-        groups: dict = {}
-        for p in params:
-            if p.grad is None:  # every process must send the same tensors
-                p.grad = torch.zeros_like(p)
-            groups.setdefault(p.grad.dtype, []).append(p.grad)
-        for grads in groups.values():
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            torch.distributed.all_reduce(flat)
-            flat /= n
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
-
-    def loss_and_stop(self, loss: torch.Tensor) -> tuple[float, bool]:
-        """The mean loss over the processes, and whether any of them was asked to stop (one all-reduce)."""
-        n = self.accelerator.num_processes
-        if n < 2:
-            return loss.item(), self.stop.requested
-        values = torch.stack([loss.detach().float().reshape(()),
-                              torch.tensor(1.0 if self.stop.requested else 0.0, device=loss.device)])
-        torch.distributed.all_reduce(values)
-        mean, stops = values.tolist()
-        return mean / n, stops > 0
+        return step_groups(self.plan.batches(epoch), self.accelerator.num_processes,
+                           self.accelerator.process_index, self.cfg.gradient_accumulation_steps)
 
     def maybe_sample(self, epoch: int, step_based: bool) -> None:
         cfg = self.cfg
@@ -558,7 +426,7 @@ class Trainer:
                     self.accelerator.backward(loss)
                     loss_sum += loss.detach()
                 loss_count += 1
-                self.average_gradients(params)
+                average_gradients(params, self.accelerator.num_processes)
                 if cfg.max_grad_norm:
                     self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
@@ -567,7 +435,8 @@ class Trainer:
                 self.global_step += 1
                 if self.global_step % cfg.log_every_n_steps == 0 or self.global_step == self.total_steps:
                     # the only host sync of the loop (with several GPUs also where they agree to stop)
-                    mean_loss, agreed_stop = self.loss_and_stop(loss_sum / max(1, loss_count))
+                    mean_loss, agreed_stop = loss_and_stop(loss_sum / max(1, loss_count), self.stop.requested,
+                                                           self.accelerator.num_processes)
                     if not math.isfinite(mean_loss):
                         raise TrainingError(
                             f"the loss became {mean_loss} at step {self.global_step}: lower the learning rate, "
@@ -629,7 +498,7 @@ OOM_ADVICE = (
 )
 
 
-def run(cfg: TrainConfig, events: EventWriter, stop: Optional[StopRequest] = None) -> int:
+def run(cfg: TrainConfig, events: EventWriter, stop: Optional[StopSignal] = None) -> int:
     """Train; every outcome ends with a done or an error event. Returns the process exit code."""
     trainer = Trainer(cfg, events, stop)
     try:
@@ -642,19 +511,15 @@ def run(cfg: TrainConfig, events: EventWriter, stop: Optional[StopRequest] = Non
         events.emit("error", message=str(exc), traceback_tail="", checkpoints=trainer.checkpoints)
         return 2 if isinstance(exc, ConfigError) else 1
     except torch.cuda.OutOfMemoryError:
-        events.emit("error", message=OOM_ADVICE, traceback_tail=_tail(), checkpoints=trainer.checkpoints)
+        events.emit("error", message=OOM_ADVICE, traceback_tail=traceback_tail(), checkpoints=trainer.checkpoints)
         return 3
     except KeyboardInterrupt:
         events.emit("error", message="stopped at once by a second stop request; no checkpoint was written for the "
                     "current epoch", traceback_tail="", checkpoints=trainer.checkpoints)
         return 130
     except Exception as exc:  # the trainer's own failure text is what the person needs to see
-        events.emit("error", message=f"{exc.__class__.__name__}: {exc}", traceback_tail=_tail(),
+        events.emit("error", message=f"{exc.__class__.__name__}: {exc}", traceback_tail=traceback_tail(),
                     checkpoints=trainer.checkpoints)
         return 1
     finally:
         trainer.close()
-
-
-def _tail(lines: int = 12) -> str:
-    return "".join(traceback.format_exc().splitlines(keepends=True)[-lines:])

@@ -10,7 +10,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import gradio as gr
 
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 from lib_trainer.projects import Version
 from lib_trainer.ui import compat, messages, version_settings
 from lib_trainer.ui.context import UIContext

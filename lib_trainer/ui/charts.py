@@ -1,6 +1,6 @@
 """Charts drawn with Pillow, so that they look the same on gradio 3.41 and 4.x (gr.Plot differs between them and
 needs a plotting library the WebUI may not have): the training loss, and the held-out score per checkpoint
-(drawn by ``lib_trainer.preview.score_chart``; the recommendation comes from there too).
+(the recommendation comes from ``lib_trainer.checkpoints.recommend``).
 """
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
-from lib_trainer.i18n import tr
+from lib_trainer.checkpoints.recommend import Recommendation, recommend
+from lib_trainer.common.i18n import tr
+from lib_trainer.preview.text import TextRenderer
+from lib_trainer.projects import Version
 
 BACKGROUND = (255, 255, 255)
 AXIS = (110, 110, 120)
@@ -50,8 +53,6 @@ def _nice_ticks(lo: float, hi: float, count: int = 4) -> List[float]:
 @functools.lru_cache(maxsize=4)
 def _text(size: int) -> Any:
     """A text renderer per size, kept: it learns which font draws which character as it goes."""
-    from lib_trainer.preview_text import TextRenderer
-
     return TextRenderer(size)
 
 
@@ -115,11 +116,60 @@ def loss_chart(points: Sequence[Tuple[int, float]], size: Tuple[int, int] = (640
     return image
 
 
-def score_chart(version, size: Tuple[int, int] = (640, 260), recommendation=None) -> Image.Image:
-    """The held-out score per checkpoint with the suggested one ringed (lib_trainer.preview draws it)."""
-    from lib_trainer.recommend import score_chart as draw_scores
+def score_chart(version: Version, size: Tuple[int, int] = (640, 260), font_path: Optional[str] = None,
+                recommendation: Optional[Recommendation] = None) -> Image.Image:
+    """A line chart of the score per checkpoint (x: training step, labelled by epoch) with the recommended one
+    ringed; a message in the chart when there is nothing to plot."""
+    rec = recommendation if recommendation is not None else recommend(version)
+    width, height = size
+    image = Image.new("RGB", size, BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    text = TextRenderer(max(11, min(18, height // 22)), font_path)
+    pad = text.line_height + 8
+    points = [s for s in rec.scores if rec.eval_set is None or s.eval_set == rec.eval_set]
+    if not points:
+        for i, line in enumerate(text.wrap(rec.note, width - 20)):
+            text.draw(draw, (10, 10 + i * text.line_height), line, AXIS)
+        return image
+    left, right, top, bottom = pad * 3, width - pad, pad + text.line_height, height - pad * 2
+    xs = [float(s.step if s.step is not None else i) for i, s in enumerate(points)]
+    ys = [s.eval_loss for s in points]
+    x_lo, x_hi = min(xs), max(xs)
+    y_lo, y_hi = min(ys), max(ys)
+    if x_hi == x_lo:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    margin = (y_hi - y_lo) * 0.1 or abs(y_hi) * 0.05 or 1.0
+    y_lo, y_hi = y_lo - margin, y_hi + margin
 
-    return draw_scores(version, size=size, recommendation=recommendation)
+    def at(x: float, y: float) -> Tuple[int, int]:
+        return (int(left + (x - x_lo) / (x_hi - x_lo) * (right - left)),
+                int(bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)))
+
+    title = tr("Checkpoint score (lower is better)") if rec.eval_set != "held_out" else \
+        tr("Held-out score (lower is better)")
+    text.draw(draw, (left, 6), title, TEXT)
+    draw.line((left, top, left, bottom, right, bottom), fill=AXIS, width=1)
+    for y in (y_lo + margin, y_hi - margin):
+        px, py = at(x_lo, y)
+        label = f"{y:.4g}"
+        text.draw(draw, (max(2, left - 6 - text.width(label)), py - text.line_height // 2), label, AXIS)
+        draw.line((left - 3, py, left, py), fill=AXIS)
+    coords = [at(x, y) for x, y in zip(xs, ys)]
+    if len(coords) > 1:
+        draw.line(coords, fill=(60, 120, 200), width=2)
+    for score, (px, py) in zip(points, coords):
+        draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=(60, 120, 200))
+        label = str(score.epoch) if score.epoch is not None else "?"
+        text.draw(draw, (px - text.width(label) // 2, bottom + 4), label, AXIS)
+        if score.name == rec.best:
+            r = 8
+            draw.ellipse((px - r, py - r, px + r, py + r), outline=(220, 60, 40), width=2)
+            mark = tr("suggested")
+            text.draw(draw, (min(px + r + 2, width - text.width(mark) - 2), py - r - text.line_height), mark,
+                      (220, 60, 40))
+    axis = tr("epoch")
+    text.draw(draw, (right - text.width(axis), bottom + 4 + text.line_height), axis, AXIS)
+    return image
 
 
 __all__ = ["loss_chart", "score_chart", "smooth"]

@@ -2,7 +2,7 @@
 verdict), the preview grid per prompt (split into pages when there are many checkpoints), per-checkpoint
 galleries, and the actions Preview / Preview this checkpoint / Use this checkpoint / Keep only this one.
 
-``lib_trainer.preview`` draws and recommends, ``lib_trainer.pick`` copies and prunes; this module shows and asks.
+``lib_trainer.preview`` draws and recommends, ``lib_trainer.checkpoints.promote`` copies and prunes; this module shows and asks.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 
 import gradio as gr
 
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 from lib_trainer.projects import ProjectError, Version
 from lib_trainer.ui import charts, compat, messages
 from lib_trainer.ui.context import UIContext
@@ -90,11 +90,11 @@ def recommendation_html(recommendation: Any) -> str:
 
 
 def grid_choices(version: Optional[Version]) -> List[str]:
-    from lib_trainer import preview
+    from lib_trainer.preview.grid import grid_files
 
     if version is None:
         return []
-    return [tr("Prompt {n}: {prompt}", n=g.prompt_index + 1, prompt=_short(g.prompt)) for g in preview.grid_files(version)]
+    return [tr("Prompt {n}: {prompt}", n=g.prompt_index + 1, prompt=_short(g.prompt)) for g in grid_files(version)]
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -104,11 +104,11 @@ def _short(text: str, limit: int = 60) -> str:
 
 def grid_items(version: Optional[Version], choice: Optional[str]) -> List[Tuple[str, str]]:
     """The chosen prompt's grid as gallery items: its pages when it has several, else the whole grid."""
-    from lib_trainer import preview
+    from lib_trainer.preview.grid import grid_files
 
     if version is None:
         return []
-    grids = preview.grid_files(version)
+    grids = grid_files(version)
     if not grids:
         return []
     labels = grid_choices(version)
@@ -119,23 +119,23 @@ def grid_items(version: Optional[Version], choice: Optional[str]) -> List[Tuple[
 
 
 def checkpoint_gallery(version: Optional[Version], name: Optional[str]) -> List[Tuple[str, str]]:
-    from lib_trainer import preview
+    from lib_trainer.preview.gallery import checkpoint_galleries
 
     if version is None or not name:
         return []
-    for gallery in preview.checkpoint_galleries(version, include_reference=False):
+    for gallery in checkpoint_galleries(version, include_reference=False):
         if gallery.name == name:
             return [(str(item.path), item.caption) for item in gallery.items]
     return []
 
 
 def _recommendation(version: Optional[Version]) -> Any:
-    from lib_trainer import preview
+    from lib_trainer.checkpoints.recommend import recommend
 
     if version is None:
         return None
     try:
-        return preview.recommend(version)
+        return recommend(version)
     except (ProjectError, OSError, ValueError):
         return None
 
@@ -143,7 +143,7 @@ def _recommendation(version: Optional[Version]) -> Any:
 def live(ctx: UIContext, project: Optional[str], version_name: Optional[str], checkpoint: Optional[str],
          grid_choice: Optional[str], use_name: Optional[str] = None) -> List[Any]:
     """The parts that change while training and previews run, in :meth:`CheckpointsPanel.live_outputs` order."""
-    from lib_trainer import pick
+    from lib_trainer.checkpoints import promote
 
     version = ctx.version(project, version_name)
     rec = _recommendation(version)
@@ -151,7 +151,7 @@ def live(ctx: UIContext, project: Optional[str], version_name: Optional[str], ch
     if checkpoint not in names:
         checkpoint = (rec.best if rec is not None and rec.best in names else (names[-1] if names else None))
         ckpt = next((c for c in version.checkpoints() if c.name == checkpoint), None) if version else None
-        use_name = pick.default_name(version, ckpt) if ckpt is not None else ""
+        use_name = promote.default_name(version, ckpt) if ckpt is not None else ""
     choices = grid_choices(version)
     if grid_choice not in choices:
         grid_choice = choices[0] if choices else None
@@ -166,14 +166,15 @@ def live(ctx: UIContext, project: Optional[str], version_name: Optional[str], ch
 def preview_settings(ctx: UIContext, version: Optional[Version]) -> List[Any]:
     """The preview settings fields: prompts (one per line), negative prompt, weights, seed, steps, CFG, size,
     sampler, the no-LoRA column. (Whether it is drawn after training is the training form's setting.)"""
-    from lib_trainer import preview
+    from lib_trainer.preview.cells import weight_text
+    from lib_trainer.preview.config import load_config, PreviewConfig
 
     if version is None:
-        config = preview.PreviewConfig()
+        config = PreviewConfig()
     else:
-        config = preview.load_config(version, ctx.host)
+        config = load_config(version, ctx.host)
     samplers = _samplers(ctx)
-    return ["\n".join(config.prompts), config.negative_prompt, ", ".join(preview.weight_text(w) for w in config.weights),
+    return ["\n".join(config.prompts), config.negative_prompt, ", ".join(weight_text(w) for w in config.weights),
             config.seed, config.steps, config.cfg_scale, config.width, config.height,
             compat.update(choices=samplers, value=config.sampler if config.sampler in samplers else samplers[0]),
             config.reference]
@@ -193,24 +194,24 @@ def on_refresh(ctx: UIContext, project: Optional[str], version_name: Optional[st
 
 
 def _config_from_fields(ctx: UIContext, version: Version, values: List[Any]):
-    from lib_trainer import preview
+    from lib_trainer.preview.config import load_config, PreviewConfig, save_config
 
     prompts, negative, weights, seed, steps, cfg_scale, width, height, sampler, reference = values
-    config = preview.load_config(version, ctx.host)
+    config = load_config(version, ctx.host)
     data = config.to_dict()
     data.update(prompts=[p.strip() for p in str(prompts or "").splitlines() if p.strip()] or [""],
                 negative_prompt=negative or "", weights=str(weights or ""), seed=seed, steps=steps,
                 cfg_scale=cfg_scale, width=width, height=height, sampler=sampler or "Euler a",
                 reference=bool(reference))
-    config = preview.PreviewConfig.from_dict(data)
-    preview.save_config(version, config)
+    config = PreviewConfig.from_dict(data)
+    save_config(version, config)
     return config
 
 
 def on_preview(ctx: UIContext, project: Optional[str], version_name: Optional[str], checkpoint: Optional[str],
                only_this: bool, *settings: Any) -> str:
     """Start drawing the preview (all checkpoints, or only the selected one) in the background."""
-    from lib_trainer import preview
+    from lib_trainer.preview.cells import PreviewError
 
     version = ctx.version(project, version_name)
     if version is None:
@@ -224,7 +225,7 @@ def on_preview(ctx: UIContext, project: Optional[str], version_name: Optional[st
     try:
         config = _config_from_fields(ctx, version, list(settings))
         ctx.previews.start(version, [checkpoint] if only_this else None, config)
-    except preview.PreviewError as exc:
+    except PreviewError as exc:
         return messages.error(str(exc))
     return messages.ok(tr("Drawing the preview in the background; the grid appears here when it is done."))
 
@@ -239,28 +240,28 @@ def on_stop_preview(ctx: UIContext, project: Optional[str], version_name: Option
 def on_pick_checkpoint(ctx: UIContext, project: Optional[str], version_name: Optional[str],
                        checkpoint: Optional[str]) -> Tuple[Any, Any]:
     """(per-checkpoint gallery, default LoRA name) for a checkpoint picked in the dropdown."""
-    from lib_trainer import pick
+    from lib_trainer.checkpoints import promote
 
     version = ctx.version(project, version_name)
     if version is None or not checkpoint:
         return [], ""
     ckpt = next((c for c in version.checkpoints() if c.name == checkpoint), None)
-    return checkpoint_gallery(version, checkpoint), (pick.default_name(version, ckpt) if ckpt else "")
+    return checkpoint_gallery(version, checkpoint), (promote.default_name(version, ckpt) if ckpt else "")
 
 
 def on_use(ctx: UIContext, project: Optional[str], version_name: Optional[str], checkpoint: Optional[str],
            name: str, weight: Any, send: bool, overwrite: bool) -> Tuple[str, Any, str]:
     """Copy the checkpoint into the host's Lora folder; returns (message, name box, prompt to send)."""
-    from lib_trainer import pick
+    from lib_trainer.checkpoints import promote
 
     version = ctx.version(project, version_name)
     if version is None or not checkpoint:
         return messages.error(tr("Pick a checkpoint first.")), compat.unchanged(), ""
     try:
-        result = pick.use_checkpoint(version, checkpoint, ctx.host, name=(name or "").strip() or None,
-                                     weight=float(weight if weight is not None else pick.DEFAULT_WEIGHT),
+        result = promote.use_checkpoint(version, checkpoint, ctx.host, name=(name or "").strip() or None,
+                                     weight=float(weight if weight is not None else promote.DEFAULT_WEIGHT),
                                      send_prompt=bool(send), overwrite=bool(overwrite))
-    except pick.NameTaken as exc:
+    except promote.NameTaken as exc:
         return messages.error(str(exc)), exc.suggestion, ""
     except (ProjectError, ValueError, OSError) as exc:
         return messages.error(str(exc)), compat.unchanged(), ""
@@ -290,14 +291,14 @@ def on_keep_request(ctx: UIContext, project: Optional[str], version_name: Option
 
 def on_keep_confirm(ctx: UIContext, project: Optional[str], version_name: Optional[str],
                     checkpoint: Optional[str]) -> Tuple[Any, str]:
-    from lib_trainer import pick
+    from lib_trainer.checkpoints import promote
 
     version = ctx.version(project, version_name)
     hidden = compat.update(visible=False)
     if version is None or not checkpoint:
         return hidden, messages.error(tr("Pick a checkpoint first."))
     try:
-        entry = pick.keep_only(version, checkpoint, ctx.workspace, confirm=True)
+        entry = promote.keep_only(version, checkpoint, ctx.workspace, confirm=True)
     except (ProjectError, ValueError, OSError) as exc:
         return hidden, messages.error(str(exc))
     if entry is None:

@@ -11,12 +11,12 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union
 
-from lib_trainer.fsutil import atomic_write_json, read_json
+from lib_trainer.common.files import atomic_write_json, read_json
 from lib_trainer.projects import ProjectError, Version, Workspace
 
 if TYPE_CHECKING:
     from lib_trainer.hosts.base import Host
-    from lib_trainer.ui.preview_tasks import PreviewTasks
+    from lib_trainer.preview.tasks import PreviewTasks
 
 UI_STATE_FILE = "ui.json"
 
@@ -60,7 +60,7 @@ class UIContext:
         """The previews this process draws on request ("Preview", "Preview this checkpoint")."""
         with self._lock:
             if self._previews is None:
-                from lib_trainer.ui.preview_tasks import PreviewTasks
+                from lib_trainer.preview.tasks import PreviewTasks
 
                 self._previews = PreviewTasks(self.host)
             return self._previews

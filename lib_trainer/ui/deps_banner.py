@@ -10,7 +10,7 @@ from typing import Iterator, Tuple
 import gradio as gr
 
 from lib_trainer import deps
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 from lib_trainer.ui import compat
 
 

@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import gradio as gr
 
-from lib_trainer.config import format_duration
-from lib_trainer.i18n import tr
+from lib_trainer.presets import format_duration
+from lib_trainer.common.i18n import tr
 from lib_trainer.projects import ProjectError, Version
 from lib_trainer.ui import charts, compat, messages
 from lib_trainer.ui.context import UIContext
@@ -57,7 +57,7 @@ def loss_series(version: Version) -> _Series:
     A step that does not come after the last one starts over from it (a fresh run, or a resume from an earlier
     state), so the chart shows the run that is going on.
     """
-    from lib_trainer.event_tail import EventTail
+    from lib_trainer.jobs.events import EventTail
 
     path = version.events_path
     key = str(path)
@@ -156,7 +156,7 @@ def samples(version: Version) -> List[Tuple[str, str]]:
 
 
 def log_text(ctx: UIContext, version: Version, state: Dict[str, Any]) -> str:
-    from lib_trainer.event_tail import log_tail
+    from lib_trainer.jobs.events import log_tail
 
     job = state.get("job") or {}
     offset = int(job.get("log_offset") or 0) if isinstance(job, dict) else 0

@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import gradio as gr
 
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 from lib_trainer.projects import ProjectError
 from lib_trainer.ui import compat, messages
 from lib_trainer.ui.context import UIContext

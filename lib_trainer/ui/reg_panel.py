@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 import gradio as gr
 
 from lib_trainer.dataset.concepts import Concept, ConceptError, list_concepts, regularization_folder
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 from lib_trainer.projects import ProjectError, Version
 from lib_trainer.ui import compat, messages
 from lib_trainer.ui.context import UIContext

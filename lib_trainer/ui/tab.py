@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import gradio as gr
 
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 from lib_trainer.ui import (captions_panel, checkpoints_panel, compat, dataset_panel, messages, progress_panel,
                             project_bar, reg_panel, train_panel)
 from lib_trainer.ui.context import UIContext

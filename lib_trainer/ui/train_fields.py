@@ -1,5 +1,5 @@
 """The fields of the training form: which config key each edits, how it is shown, and the conversions
-form values ↔ config values (``lib_trainer.config`` decides the values; this module only maps them).
+form values ↔ config values (``lib_trainer.presets`` decides the values; this module only maps them).
 
 A few fields are the tab's own, not config keys: ``network_type`` (LoRA / LoCon / LoHa / LoKr → network_module,
 network_args, conv_dim), ``sample_prompt`` (written to the samples' prompt file by ``config.build_config``;
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 from lib_trainer.trainer.schema import MIXED_PRECISION, OPTIMIZERS, SCHEDULERS
 
 NETWORK_TYPES = ("lora", "locon", "loha", "lokr")

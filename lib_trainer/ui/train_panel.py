@@ -1,8 +1,8 @@
 """Train: base model, preset × VRAM tier, the form (common fields in view, the rest under "Advanced"), the
 estimate, and Train / Stop / Resume.
 
-The preset and tier fill the form (``config.preset_values``); the person's edits are the overrides of
-``config.build_config``; ``config.check`` runs before a job is queued and each problem is shown beside its field.
+The preset and tier fill the form (``presets.preset_values``); the person's edits are the overrides of
+``presets.build_config``; ``presets.check`` runs before a job is queued and each problem is shown beside its field.
 The form is saved in the version's settings, so a reload shows it again.
 """
 from __future__ import annotations
@@ -12,14 +12,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import gradio as gr
 
-from lib_trainer import config as train_config
-from lib_trainer.i18n import tr
+from lib_trainer import presets
+from lib_trainer.common.cuda import cuda_available
+from lib_trainer.common.i18n import tr
 from lib_trainer.projects import ProjectError, Version
 from lib_trainer.ui import compat, messages, train_fields, version_settings
 from lib_trainer.ui.context import UIContext
 
-PRESET_CHOICES = compat.Choices(train_config.PRESETS, train_config.preset_label)
-VRAM_CHOICES = compat.Choices(train_config.VRAM_TIERS, lambda n: tr("{n} GB VRAM", n=n))
+PRESET_CHOICES = compat.Choices(presets.PRESETS, presets.preset_label)
+VRAM_CHOICES = compat.Choices(presets.VRAM_TIERS, lambda n: tr("{n} GB VRAM", n=n))
 COMMON_KEYS = tuple(f.key for f in train_fields.FIELDS if not f.advanced)
 #: Problems of these keys are shown beside their field; the rest beside the buttons.
 ERROR_KEYS = ("pretrained_model_name_or_path",) + tuple(k for k in COMMON_KEYS if k != "trigger") + \
@@ -69,12 +70,12 @@ def resolve_checkpoint(ctx: UIContext, title: Optional[str]):
 
 def _arch(info: Any) -> str:
     arch = getattr(info, "arch", None)
-    return arch if arch in train_config.ARCHES else "sd1"
+    return arch if arch in presets.ARCHES else "sd1"
 
 
 def preset_form(preset: str, vram: int, arch: str, keep: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The form a preset and tier fill in, keeping the tab's own fields from ``keep``."""
-    form = train_fields.form_from_values(train_config.preset_values(preset, vram, arch))
+    form = train_fields.form_from_values(presets.preset_values(preset, vram, arch))
     keep = keep or {}
     for key in ("trigger", "sample_prompt", "auto_preview", "sample_every_n_epochs", "eval_holdout_images"):
         if key in keep and keep[key] is not None:
@@ -91,11 +92,11 @@ def stored_train(version: Optional[Version]) -> Dict[str, Any]:
 def load_form(ctx: UIContext, version: Optional[Version]) -> Tuple[Optional[str], str, int, Dict[str, Any]]:
     """(base model title, preset, VRAM tier, form) of a version: what was saved, else the defaults."""
     stored = stored_train(version)
-    preset = stored.get("preset") if stored.get("preset") in train_config.PRESETS else ctx.settings.default_preset
-    if preset not in train_config.PRESETS:
-        preset = train_config.PRESETS[0]
-    vram = stored.get("vram") if stored.get("vram") in train_config.VRAM_TIERS else ctx.settings.default_vram_gb
-    if vram not in train_config.VRAM_TIERS:
+    preset = stored.get("preset") if stored.get("preset") in presets.PRESETS else ctx.settings.default_preset
+    if preset not in presets.PRESETS:
+        preset = presets.PRESETS[0]
+    vram = stored.get("vram") if stored.get("vram") in presets.VRAM_TIERS else ctx.settings.default_vram_gb
+    if vram not in presets.VRAM_TIERS:
         vram = 8
     titles = checkpoint_titles(ctx)
     base = None
@@ -172,7 +173,7 @@ def make_config(ctx: UIContext, version: Version, base_title: Optional[str], pre
         prompt = first_caption(version)
     if not overrides.get("sample_every_n_epochs"):
         prompt = ""
-    cfg = train_config.build_config(train_config.VersionPaths.of(version), info.path if info else "", arch, preset,
+    cfg = presets.build_config(presets.VersionPaths.of(version), info.path if info else "", arch, preset,
                                     vram, overrides, sample_prompt=prompt or None)
     return cfg, arch
 
@@ -183,13 +184,13 @@ def estimate_text(ctx: UIContext, version: Optional[Version], base_title: Option
         return ""
     try:
         cfg, arch = make_config(ctx, version, base_title, preset, vram, form)
-        speed, batch = train_config.last_speed(version.read_events())
-        est = train_config.estimate(cfg, arch, speed, batch)
+        speed, batch = presets.last_speed(version.read_events())
+        est = presets.estimate(cfg, arch, speed, batch)
     except Exception as exc:  # a half-typed form: say what is wrong instead of an estimate
         return messages.md_escape(tr("No estimate yet: {error}", error=str(exc)))
     if not est.images_per_epoch:
         return tr("No estimate yet: preprocess the pictures first.")
-    return tr("**Estimate:** {text}", text=train_config.describe_estimate(est))
+    return tr("**Estimate:** {text}", text=presets.describe_estimate(est))
 
 
 def save_form(ctx: UIContext, version: Version, base_title: Optional[str], preset: str, vram: int,
@@ -203,7 +204,7 @@ def save_form(ctx: UIContext, version: Version, base_title: Optional[str], prese
 
 
 def _choices(preset_label: Any, vram_label: Any) -> Tuple[str, int]:
-    preset = PRESET_CHOICES.value(preset_label, train_config.PRESETS[0])
+    preset = PRESET_CHOICES.value(preset_label, presets.PRESETS[0])
     vram = VRAM_CHOICES.value(vram_label, 8)
     return preset, int(vram)
 
@@ -235,15 +236,6 @@ def on_change(ctx: UIContext, project: Optional[str], version_name: Optional[str
     return estimate_text(ctx, version, base_title, preset, vram, form)
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch  # the host process has it; only asked when a person presses Train
-
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
-
-
 def field_label(key: str) -> str:
     f = train_fields.BY_KEY.get(key)
     return f.label() if f else key
@@ -255,13 +247,13 @@ def problems_for(ctx: UIContext, version: Version, base_title: Optional[str], pr
     try:
         cfg, _arch_name = make_config(ctx, version, base_title, preset, vram, form)
     except Exception as exc:
-        return None, [train_config.Problem("config", str(exc))]
-    problems = list(train_config.check(cfg))
+        return None, [presets.Problem("config", str(exc))]
+    problems = list(presets.check(cfg))
     if not base_title or resolve_checkpoint(ctx, base_title) is None:
         problems = [p for p in problems if p.field != "pretrained_model_name_or_path"]
-        problems.insert(0, train_config.Problem("pretrained_model_name_or_path", tr("Choose a base model.")))
-    if cfg.optimizer_type.lower() == "adamw8bit" and not _cuda_available():
-        problems.append(train_config.Problem("optimizer_type", tr(
+        problems.insert(0, presets.Problem("pretrained_model_name_or_path", tr("Choose a base model.")))
+    if cfg.optimizer_type.lower() == "adamw8bit" and not cuda_available():
+        problems.append(presets.Problem("optimizer_type", tr(
             "AdamW8bit needs an NVIDIA GPU; this machine has none. Choose AdamW under \"Advanced\" (or a "
             "larger VRAM tier).")))
     return cfg, problems

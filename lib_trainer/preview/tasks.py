@@ -2,7 +2,7 @@
 
 A preview takes minutes; holding a gradio request (and the WebUI's queue) that long is what the tab must never
 do. So the button starts a thread and returns at once, and the tab's progress poll reads :meth:`describe`. The
-work itself is ``lib_trainer.preview.run_preview`` (one txt2img at a time through the host, resumable).
+work itself is ``lib_trainer.preview.run.run_preview`` (one txt2img at a time through the host, resumable).
 """
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
+from lib_trainer.preview.cells import PreviewBusy, is_running
+from lib_trainer.preview.run import run_preview
 from lib_trainer.projects import Version
 
 
@@ -47,12 +49,10 @@ class PreviewTasks:
 
     def start(self, version: Version, checkpoints: Optional[List[str]] = None, config: Any = None) -> PreviewTask:
         """Start drawing; raises PreviewBusy when a preview of the version is already being drawn."""
-        from lib_trainer import preview
-
         with self._lock:
             current = self._tasks.get(version.key)
-            if (current is not None and current.running) or preview.is_running(version):
-                raise preview.PreviewBusy(tr("A preview of \"{version}\" is already running.", version=version.key))
+            if (current is not None and current.running) or is_running(version):
+                raise PreviewBusy(tr("A preview of \"{version}\" is already running.", version=version.key))
             task = PreviewTask(version.key, list(checkpoints) if checkpoints else None)
             self._tasks[version.key] = task
         task.thread = threading.Thread(target=self._run, args=(task, version, config), daemon=True,
@@ -61,13 +61,11 @@ class PreviewTasks:
         return task
 
     def _run(self, task: PreviewTask, version: Version, config: Any) -> None:
-        from lib_trainer import preview
-
         def progress(done: int, total: int, _cell: Any) -> None:
             task.done, task.total = done, total
 
         try:
-            task.result = preview.run_preview(version, self.host, config, checkpoints=task.checkpoints,
+            task.result = run_preview(version, self.host, config, checkpoints=task.checkpoints,
                                               stop=task.stop, progress=progress)
             task.done = task.result.drawn + task.result.reused
             task.total = task.result.total
@@ -89,11 +87,9 @@ class PreviewTasks:
 
     def describe(self, version: Version) -> str:
         """One line about the version's preview: drawing (with progress), done, stopped or failed; "" if none."""
-        from lib_trainer import preview
-
         task = self.get(version)
         if task is None:
-            return tr("A preview is being drawn after training.") if preview.is_running(version) else ""
+            return tr("A preview is being drawn after training.") if is_running(version) else ""
         if task.running:
             if task.total:
                 return tr("Drawing the preview: {done} of {total} pictures.", done=task.done, total=task.total)

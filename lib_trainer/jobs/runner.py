@@ -1,8 +1,9 @@
-"""The job queue and runner: one trainer subprocess at a time, followed through its event stream.
+"""The job queue and runner: one trainer subprocess at a time, in submission order.
 
-Runs inside the WebUI process (or the standalone app): standard library + psutil only, never torch.
-The queue file is :mod:`lib_trainer.job_store`, the trainer process :mod:`lib_trainer.job_process`, and the
-event stream :mod:`lib_trainer.event_tail`; their public names are importable from here too.
+Runs inside the WebUI process (or the standalone app): standard library + psutil + filelock, never torch.
+The queue file is :mod:`lib_trainer.jobs.store`, following one trainer :mod:`lib_trainer.jobs.supervisor`, the
+process itself :mod:`lib_trainer.jobs.process`, its event stream :mod:`lib_trainer.jobs.events` and the
+workspace lock :mod:`lib_trainer.jobs.lock`.
 
 - The queue lives in ``<workspace>/jobs.json`` (atomic writes), so it survives a page reload and a restart.
 - One worker thread per :class:`JobRunner` runs the jobs in order. ``<workspace>/.trainer.lock`` (an OS file
@@ -22,29 +23,24 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
-import subprocess
 import threading
 import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from lib_trainer.event_tail import LOG_TAIL_LINES, EventTail, last_events, log_tail, parse_event_line, read_from
-from lib_trainer.i18n import tr
-from lib_trainer.job_process import (TRAINER_MODULE, FileLock, TrainerProcess, create_time, find_trainer,
-                                     start_trainer, trainer_command, trainer_env)
-from lib_trainer.job_store import ACTIVE_STATUSES, HISTORY_KEPT, JOB_STATUSES, Job, JobStore
-from lib_trainer.projects import Busy, ProjectError, Version, Workspace, now_iso
-from lib_trainer.trainer import schema
+from lib_trainer.common.i18n import tr
+from lib_trainer.common.tracebacks import traceback_tail
+from lib_trainer.jobs.events import EventTail, last_events
+from lib_trainer.jobs.lock import try_acquire, workspace_lock
+from lib_trainer.jobs.process import TrainerProcess, find_trainer
+from lib_trainer.jobs.store import ACTIVE_STATUSES, Job, JobError, JobStore
+from lib_trainer.jobs.supervisor import (TrainerRun, apply_event, enforce_stop, final_changes, log_line,
+                                         newest_state, outcome, output_dir, prepare_config, spawn_trainer,
+                                         terminate)
+from lib_trainer.projects import Busy, now_iso, ProjectError, Version, Workspace
 
 log = logging.getLogger("train_tools.jobs")
-
-# job status -> version status
-VERSION_STATUS = {"queued": "queued", "running": "running", "done": "finished", "failed": "failed",
-                  "cancelled": "cancelled", "interrupted": "interrupted"}
-STATE_SUFFIX = "-state"
 
 Listener = Callable[["Job", Dict[str, Any]], None]
 AfterTrain = Callable[[Version], None]
@@ -59,38 +55,7 @@ class RunnerSettings:
     poll_s: float = 0.5                 # how often the runner looks at the trainer and its events
 
 
-class JobError(ProjectError):
-    """A job cannot be queued, resumed or run; the message says why."""
-
-
-def newest_state(folder: Path) -> Optional[Path]:
-    """The newest ``*-state`` folder a trainer wrote into ``folder`` (save_state, or a stop), if any."""
-    try:
-        candidates = [p for p in folder.iterdir()
-                      if p.name.endswith(STATE_SUFFIX) and not p.name.startswith(".")
-                      and (p / "train_state.json").is_file()]
-    except OSError:
-        return None
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: (p / "train_state.json").stat().st_mtime)
-
-
 # ---------------------------------------------------------------------------------------------- the runner
-
-@dataclass
-class _Run:
-    """What the worker knows about the job it is following."""
-    job: Job
-    version: Version
-    trainer: Optional[TrainerProcess] = None
-    stop_sent_at: Optional[float] = None
-    killed: bool = False
-    terminal: Optional[Dict[str, Any]] = None     # the last done/error event
-    tail: Optional[EventTail] = None
-    checkpoints: List[Dict[str, Any]] = field(default_factory=list)
-    warnings: List[str] = field(default_factory=list)
-
 
 class JobRunner:
     """Queue and run training jobs of one workspace.
@@ -106,14 +71,13 @@ class JobRunner:
         self.settings = settings or RunnerSettings()
         self.after_train = after_train
         self.store = JobStore(self.workspace.root)
-        self._trainer_lock = FileLock(self.workspace.root / ".trainer.lock")
+        self._trainer_lock = workspace_lock(self.workspace.root / ".trainer.lock")
         self._listeners: List[Listener] = []
         self._changed = threading.Condition(threading.RLock())
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stop_trainer_on_shutdown = False
         self._thread: Optional[threading.Thread] = None
-        self._run: Optional[_Run] = None
         self._handling: Optional[str] = None  # id of the job the worker is busy with (after_train included)
 
     # ---- life cycle ------------------------------------------------------------------------------------
@@ -142,7 +106,7 @@ class JobRunner:
     def resume(self, project: str, version: str) -> Job:
         """Queue a run that continues from the version's newest saved state (a stopped or interrupted run)."""
         v = self.workspace.version(project, version)
-        state = newest_state(self._output_dir(v))
+        state = newest_state(output_dir(v))
         if state is None:
             raise JobError(tr("\"{key}\" has no saved training state to resume from; train it again instead.",
                               key=v.key))
@@ -244,7 +208,7 @@ class JobRunner:
     def _worker(self) -> None:
         while not self._stopping.is_set():
             worked = False
-            if self._trainer_lock.acquire(blocking=False):
+            if try_acquire(self._trainer_lock):
                 try:
                     worked = self._work_once()
                 except Exception:  # the worker must never die; the job itself was already marked
@@ -290,7 +254,7 @@ class JobRunner:
         except ProjectError:
             self._finish_job(job, "failed", tr("The version was deleted or renamed while it was training."))
             return
-        run = _Run(job, v, checkpoints=list(v.state().get("checkpoints") or []))
+        run = TrainerRun(job, v, checkpoints=list(v.state().get("checkpoints") or []))
         if job.pid is None:  # the runner went away between claiming the job and starting its trainer
             self._conclude(run, "failed", tr("Train Tools stopped before the trainer started; press Train again."),
                            exit_code=None)
@@ -302,7 +266,7 @@ class JobRunner:
         log.info("train_tools: reattaching to trainer pid %s of %s", job.pid, job.key)
         self._supervise(run, start=None)
 
-    def _settle_lost(self, run: _Run) -> None:
+    def _settle_lost(self, run: TrainerRun) -> None:
         """The trainer ended while no runner watched it: its events tell what happened."""
         end = run.terminal
         if end and end.get("event") == "done" and not end.get("interrupted"):
@@ -316,12 +280,12 @@ class JobRunner:
                 "Training was interrupted while Train Tools was not running (the trainer is gone).")
         self._conclude(run, status, message, exit_code=None)
 
-    def _replay(self, run: _Run) -> None:
+    def _replay(self, run: TrainerRun) -> None:
         """Rebuild the run's progress from its events so far, without notifying listeners."""
         run.tail = EventTail(run.version.events_path, run.job.events_offset)
         changes: Dict[str, Any] = {}
         for event in run.tail.read():
-            self._apply(run, event, changes)
+            apply_event(run, event, changes)
         if changes:
             run.version.update(**changes)
 
@@ -332,9 +296,9 @@ class JobRunner:
         except ProjectError as exc:
             self._finish_job(job, "failed", str(exc))
             return
-        run = _Run(job, v)
+        run = TrainerRun(job, v)
         try:
-            config = self._prepare_config(v, job)
+            config = prepare_config(v, job)
             if not job.resume:
                 if v.events_path.exists():
                     os.replace(v.events_path, v.events_path.with_name("events.prev.jsonl"))
@@ -366,9 +330,9 @@ class JobRunner:
             return
         self._notify(job, {"event": "job", "status": "running"})
         self._notify_changed()
-        self._supervise(run, start=lambda: self._spawn(v, job, config))
+        self._supervise(run, start=lambda: spawn_trainer(v, job, config, self.settings, self.store))
 
-    def _supervise(self, run: _Run, start: Optional[Callable[[], TrainerProcess]]) -> None:
+    def _supervise(self, run: TrainerRun, start: Optional[Callable[[], TrainerProcess]]) -> None:
         """Free the host's GPU, start (or reattach to) the trainer, follow it to its end and restore the GPU
         exactly once — also when anything here fails — before the job is marked ended. A shutdown leaves the
         trainer and the GPU to the next runner."""
@@ -386,7 +350,7 @@ class JobRunner:
             else:
                 raise JobError(tr("The trainer of \"{key}\" cannot be found.", key=run.job.key))
             self._follow(run)
-            status, message, extra = self._outcome(run)
+            status, message, extra = outcome(run)
         except _Detached:
             restore = False
             if run.trainer is not None and run.trainer.popen is not None:
@@ -396,215 +360,61 @@ class JobRunner:
         except Exception as exc:
             log.exception("train_tools: job %s failed in the runner", run.job.key)
             if run.trainer is not None and not run.trainer.poll():
-                self._terminate(run)
+                terminate(run, self.settings.stop_timeout_s)
             status = "failed"
             message = exc.args[0] if isinstance(exc, JobError) and exc.args else \
                 tr("Train Tools' job runner failed: {error}", error=f"{type(exc).__name__}: {exc}")
-            extra = {"traceback_tail": "" if isinstance(exc, JobError) else _traceback_tail()}
+            extra = {"traceback_tail": "" if isinstance(exc, JobError) else traceback_tail()}
         finally:
             if restore:
                 self._restore_gpu(run)
         self._conclude(run, status, message, exit_code=run.trainer.exit_code if run.trainer else None, **extra)
         self._maybe_after_train(run)
 
-    def _prepare_config(self, v: Version, job: Job) -> Path:
-        """Point the config's events at the version's log folder (and at the resume state, if any).
-
-        A config that does not load is left as it is: the trainer then reports the problem in its own words."""
-        path = v.config_path
-        if not path.is_file():
-            raise JobError(tr("\"{key}\" has no training config (config.toml) yet: set up the training first.",
-                              key=v.key))
-        try:
-            cfg, _ = schema.load_config(path)
-        except schema.ConfigError:
-            if job.resume:
-                raise JobError(tr("The config of \"{key}\" cannot be read, so the run cannot resume.", key=v.key))
-            return path
-        changed = False
-        if cfg.events_file != str(v.events_path):
-            cfg.events_file, changed = str(v.events_path), True
-        if cfg.resume != job.resume:
-            cfg.resume, changed = job.resume, True
-        if changed:
-            schema.save_config(cfg, path)
-        return path
-
-    def _spawn(self, v: Version, job: Job, config: Path) -> TrainerProcess:
-        command = trainer_command(self.settings.python, config)
-        python = command[0]
-        env = trainer_env(python, self.settings.deps_dir, self.settings.gpu)
-        with open(v.log_path, "ab") as log_file:
-            what = f"resume from {job.resume}" if job.resume else "start"
-            log_file.write(f"\n===== {now_iso()} Train Tools job {job.id} ({what}): {' '.join(command)}\n"
-                           .encode("utf-8"))
-            log_file.flush()
-            try:
-                popen = start_trainer(command, env, log_file)
-            except OSError as exc:
-                raise JobError(tr("Cannot start the trainer with {python}: {error}", python=python,
-                                  error=exc.strerror or str(exc))) from exc
-        started_at = create_time(popen.pid)
-        job.pid, job.pid_create_time = popen.pid, started_at
-        self.store.update(job.id, pid=popen.pid, pid_create_time=started_at)
-        v.update(pid=popen.pid)
-        return TrainerProcess(popen.pid, popen)
-
-    def _follow(self, run: _Run) -> None:
+    def _follow(self, run: TrainerRun) -> None:
         """Read events and watch the process until it has ended; handles stop requests and the kill timeout."""
         assert run.trainer is not None
         tail = run.tail or EventTail(run.version.events_path, run.job.events_offset)
-        self._run = run
-        try:
-            while True:
-                ended = run.trainer.poll()
-                self._consume(run, tail.read(final=ended))
-                if ended:
-                    return
-                if self._stopping.is_set():
-                    if not self._stop_trainer_on_shutdown:
-                        raise _Detached()
-                    run.job.stop_requested = True
-                if not run.job.stop_requested:
-                    stored = self.store.get(run.job.id)  # a stop may come from another process
-                    run.job.stop_requested = bool(stored and stored.stop_requested)
-                if run.job.stop_requested:
-                    self._enforce_stop(run)
-                self._wake.wait(self.settings.poll_s)
-                self._wake.clear()
-        finally:
-            self._run = None
-
-    def _enforce_stop(self, run: _Run) -> None:
-        assert run.trainer is not None
-        now = time.monotonic()
-        if run.stop_sent_at is None:
-            run.stop_sent_at = now
-            self._log_line(run, "stop requested: asking the trainer to save and exit")
-            run.trainer.signal_stop()
-        elif not run.killed and now - run.stop_sent_at > self.settings.stop_timeout_s:
-            run.killed = True
-            self._log_line(run, f"the trainer did not exit within {self.settings.stop_timeout_s:g} s: killing it")
-            run.trainer.kill()
-
-    def _terminate(self, run: _Run) -> None:
-        """Stop a trainer whose runner broke: gracefully, then by force; waits so that nothing is left behind."""
-        assert run.trainer is not None
-        run.trainer.signal_stop()
-        if not run.trainer.wait(self.settings.stop_timeout_s):
-            run.trainer.kill()
-            run.trainer.wait(10)
-        if run.trainer.popen is not None:
-            try:
-                run.trainer.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+        while True:
+            ended = run.trainer.poll()
+            self._consume(run, tail.read(final=ended))
+            if ended:
+                return
+            if self._stopping.is_set():
+                if not self._stop_trainer_on_shutdown:
+                    raise _Detached()
+                run.job.stop_requested = True
+            if not run.job.stop_requested:
+                stored = self.store.get(run.job.id)  # a stop may come from another process
+                run.job.stop_requested = bool(stored and stored.stop_requested)
+            if run.job.stop_requested:
+                enforce_stop(run, self.settings.stop_timeout_s)
+            self._wake.wait(self.settings.poll_s)
+            self._wake.clear()
 
     # ---- events -> version.json ------------------------------------------------------------------------
-    def _consume(self, run: _Run, events: List[Dict[str, Any]]) -> None:
+    def _consume(self, run: TrainerRun, events: List[Dict[str, Any]]) -> None:
         if not events:
             return
         changes: Dict[str, Any] = {}
         for event in events:
-            self._apply(run, event, changes)
+            apply_event(run, event, changes)
         if changes:
             run.version.update(**changes)
         for event in events:
             self._notify(run.job, event)
 
-    def _apply(self, run: _Run, event: Dict[str, Any], changes: Dict[str, Any]) -> None:
-        """Fold one event into the version.json changes; a malformed event changes nothing."""
-        kind = event.get("event")
-        try:
-            if kind == "start":
-                for key in ("total_steps", "epochs", "steps_per_epoch", "images", "device", "dtype", "arch"):
-                    if key in event:
-                        changes[key] = event[key]
-            elif kind == "step":
-                for key in ("step", "epoch"):
-                    if isinstance(event.get(key), int):
-                        changes[key] = event[key]
-                for key in ("loss", "lr", "it_per_s", "eta_s"):
-                    if isinstance(event.get(key), (int, float)) or event.get(key) is None:
-                        changes[key] = event.get(key)
-            elif kind == "checkpoint" and isinstance(event.get("path"), str):
-                entry = {k: event.get(k) for k in ("epoch", "step", "path", "eval_loss")}
-                run.checkpoints = [c for c in run.checkpoints if c.get("path") != entry["path"]] + [entry]
-                changes["checkpoints"] = list(run.checkpoints)
-            elif kind == "sample" and isinstance(event.get("path"), str):
-                changes["last_sample"] = event["path"]
-            elif kind == "warning" and event.get("message"):
-                run.warnings = (run.warnings + [str(event["message"])])[-20:]
-                changes["warnings"] = list(run.warnings)
-            elif kind in ("done", "error"):
-                run.terminal = event
-        except (TypeError, ValueError, AttributeError):
-            log.debug("train_tools: ignored malformed event %r", event)
-
     # ---- endings ---------------------------------------------------------------------------------------
-    def _outcome(self, run: _Run) -> Tuple[str, Optional[str], Dict[str, Any]]:
-        assert run.trainer is not None
-        job = run.job
-        terminal = run.terminal or self._terminal_from_log(run)
-        code = run.trainer.exit_code
-        if job.stop_requested:
-            return "cancelled", tr("Stopped on request; the checkpoints written so far are kept."), {}
-        if terminal and terminal.get("event") == "done":
-            if terminal.get("interrupted"):
-                return "interrupted", tr("The trainer was stopped from outside Train Tools; it saved its state."), {}
-            return "done", None, {}
-        if terminal and terminal.get("event") == "error":
-            return "failed", str(terminal.get("message") or tr("The trainer reported an error.")), \
-                {"traceback_tail": str(terminal.get("traceback_tail") or "")}
-        if code is None:
-            return "failed", tr("The trainer process ended without reporting a result."), {}
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = str(-code)
-            return "failed", tr("The trainer stopped unexpectedly with exit code {code} (killed by {signal}).",
-                                code=code, signal=name), {}
-        return "failed", tr("The trainer stopped unexpectedly with exit code {code}.", code=code), {}
-
-    def _terminal_from_log(self, run: _Run) -> Optional[Dict[str, Any]]:
-        """An error the trainer printed before it knew where its events file was (a config error)."""
-        found = None
-        for line in read_from(run.version.log_path, run.job.log_offset).split(b"\n"):
-            event = parse_event_line(line)
-            if event and event["event"] in ("done", "error"):
-                found = event
-        return found
-
-    def _conclude(self, run: _Run, status: str, message: Optional[str], exit_code: Optional[int],
+    def _conclude(self, run: TrainerRun, status: str, message: Optional[str], exit_code: Optional[int],
                   traceback_tail: str = "") -> None:
-        v, job = run.version, run.job
-        finished = now_iso()
-        changes: Dict[str, Any] = {"status": VERSION_STATUS[status], "finished": finished, "exit_code": exit_code,
-                                   "pid": None, "eta_s": 0 if status == "done" else None}
-        if status in ("failed", "cancelled", "interrupted"):
-            state = newest_state(self._output_dir(v))
-            changes["resumable"] = state is not None
-            changes["resume_state"] = str(state) if state else None
-        else:
-            changes["resumable"], changes["resume_state"] = False, None
-        if status == "failed":
-            changes["error"] = {"message": message or "", "traceback_tail": traceback_tail,
-                                "log_tail": log_tail(v.log_path, job.log_offset)}
-        else:
-            changes["error"] = None
-        changes["message"] = message
-        if run.checkpoints:
-            changes["checkpoints"] = list(run.checkpoints)
-        if run.warnings:
-            changes["warnings"] = list(run.warnings)
+        changes = final_changes(run, status, message, exit_code, traceback_tail)
         if run.trainer is not None and run.trainer.popen is not None:
-            self._log_line(run, f"trainer exited with code {exit_code}; job {status}")
+            log_line(run.version, f"trainer exited with code {exit_code}; job {status}")
         try:
-            v.update(**changes)
+            run.version.update(**changes)
         except Exception:  # the version vanished or cannot be written; jobs.json still records the outcome
-            log.exception("train_tools: cannot record the end of %s in version.json", job.key)
-        self._finish_job(job, status, message, exit_code)
+            log.exception("train_tools: cannot record the end of %s in version.json", run.job.key)
+        self._finish_job(run.job, status, message, exit_code)
 
     def _finish_job(self, job: Job, status: str, message: Optional[str], exit_code: Optional[int] = None) -> None:
         job.status, job.finished, job.message, job.exit_code = status, now_iso(), message, exit_code
@@ -620,7 +430,7 @@ class JobRunner:
         except Exception as exc:  # a host that cannot (or a recording host in tests) must not stop the run
             log.info("train_tools: forget_preview_loras: %s", exc)
 
-    def _restore_gpu(self, run: _Run) -> None:
+    def _restore_gpu(self, run: TrainerRun) -> None:
         try:
             self.host.restore_gpu()
         except Exception as exc:
@@ -630,7 +440,7 @@ class JobRunner:
             except ProjectError:
                 pass
 
-    def _maybe_after_train(self, run: _Run) -> None:
+    def _maybe_after_train(self, run: TrainerRun) -> None:
         if self.after_train is None or run.job.status != "done":
             return
         try:
@@ -645,27 +455,11 @@ class JobRunner:
             log.exception("train_tools: after_train hook failed for %s", run.job.key)
             try:
                 run.version.update(after_train_error={"message": f"{type(exc).__name__}: {exc}",
-                                                      "traceback_tail": _traceback_tail()})
+                                                      "traceback_tail": traceback_tail()})
             except ProjectError:
                 pass
 
     # ---- helpers ---------------------------------------------------------------------------------------
-    def _output_dir(self, v: Version) -> Path:
-        try:
-            cfg, _ = schema.load_config(v.config_path)
-            if cfg.output_dir:
-                return Path(cfg.output_dir)
-        except schema.ConfigError:
-            pass
-        return v.checkpoints_dir
-
-    def _log_line(self, run: _Run, text: str) -> None:
-        try:
-            with open(run.version.log_path, "ab") as fh:
-                fh.write(f"===== {now_iso()} Train Tools: {text}\n".encode("utf-8"))
-        except OSError:
-            pass
-
     def _notify(self, job: Job, event: Dict[str, Any]) -> None:
         for callback in list(self._listeners):
             try:
@@ -680,12 +474,3 @@ class JobRunner:
 
 class _Detached(Exception):
     """The runner shuts down and leaves the trainer running."""
-
-
-def _traceback_tail(lines: int = 12) -> str:
-    return "".join(traceback.format_exc().splitlines(keepends=True)[-lines:])
-
-
-__all__ = ["JobRunner", "RunnerSettings", "Job", "JobError", "JobStore", "FileLock", "EventTail",
-           "parse_event_line", "last_events", "log_tail", "newest_state", "find_trainer", "JOB_STATUSES",
-           "ACTIVE_STATUSES", "HISTORY_KEPT", "LOG_TAIL_LINES", "TRAINER_MODULE"]

@@ -7,14 +7,19 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from lib_trainer.fsutil import atomic_write_json, read_json
-from lib_trainer.job_process import FileLock
+from lib_trainer.common.files import atomic_write_json, read_json
+from lib_trainer.jobs.lock import workspace_lock
+from lib_trainer.projects import ProjectError
 
 log = logging.getLogger("train_tools.jobs")
 
 JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE_STATUSES = ("queued", "running")
 HISTORY_KEPT = 200
+
+
+class JobError(ProjectError):
+    """A job cannot be queued, resumed or run; the message says why."""
 
 
 @dataclass
@@ -57,7 +62,7 @@ class JobStore:
 
     def __init__(self, root: Path):
         self.path = Path(root) / "jobs.json"
-        self._file_lock = FileLock(Path(root) / ".jobs.lock")
+        self._file_lock = workspace_lock(Path(root) / ".jobs.lock")
         self._lock = threading.RLock()
 
     def load(self) -> List[Job]:

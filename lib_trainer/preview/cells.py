@@ -11,19 +11,23 @@ File names never contain prompts. Runs inside the WebUI process: standard librar
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 from PIL import Image, PngImagePlugin
 
-from lib_trainer.fsutil import atomic_save, read_json, safe_file_stem
+from lib_trainer.common.files import atomic_save, read_json, safe_file_stem
+from lib_trainer.common.i18n import tr
 from lib_trainer.projects import CheckpointFile, Version
 
 MANIFEST_FILE = "manifest.json"
 REFERENCE_DIR = "reference"
 MANIFEST_FORMAT = 1
+
+CheckpointRef = Union[CheckpointFile, str, os.PathLike]
 
 
 class PreviewError(Exception):
@@ -163,3 +167,24 @@ def version_lock(version: Version) -> threading.Lock:
 
 def is_running(version: Version) -> bool:
     return version_lock(version).locked()
+
+
+def resolve_checkpoints(version: Version, wanted: Optional[Iterable[CheckpointRef]]) -> List[CheckpointFile]:
+    """The version's checkpoints named by ``wanted`` (CheckpointFile, name or path), in the version's order."""
+    available = version.checkpoints()
+    if wanted is None:
+        return available
+    by_name = {c.name: c for c in available}
+    chosen = set()
+    for item in wanted:
+        if isinstance(item, CheckpointFile):
+            name = item.name
+        elif isinstance(item, os.PathLike) or str(item).endswith(".safetensors"):
+            name = Path(item).stem
+        else:
+            name = str(item)
+        if name not in by_name:
+            raise PreviewError(tr("Version \"{version}\" has no checkpoint \"{name}\".", version=version.name,
+                                  name=name))
+        chosen.add(name)
+    return [c for c in available if c.name in chosen]

@@ -19,11 +19,11 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from PIL import Image, ImageDraw
 
-from lib_trainer.i18n import tr
-from lib_trainer.preview_files import (PreviewBusy, PreviewCell, load_manifest, lora_cell, manifest_path,
+from lib_trainer.common.i18n import tr
+from lib_trainer.preview.cells import (PreviewBusy, PreviewCell, load_manifest, lora_cell, manifest_path,
                                        prompt_number, reference_cell, save_png, valid_record, version_lock,
                                        weight_text, write_manifest)
-from lib_trainer.preview_text import TextRenderer
+from lib_trainer.preview.text import TextRenderer
 from lib_trainer.projects import CheckpointFile, Version
 
 PAGE_ROWS = 10  # rows of one grid page

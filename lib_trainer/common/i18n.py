@@ -20,8 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-LOCALIZATIONS_DIR = Path(__file__).resolve().parents[1] / "localizations"
-PRIVATE_DIR = Path(__file__).resolve().parent / "locales"
+LOCALIZATIONS_DIR = Path(__file__).resolve().parents[2] / "localizations"
+PRIVATE_DIR = Path(__file__).resolve().parents[1] / "locales"
 
 _lock = threading.Lock()
 _language: Optional[str] = None

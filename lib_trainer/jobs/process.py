@@ -1,5 +1,5 @@
 """The trainer's process: starting it with its private environment, stopping or killing it (Windows included),
-finding it again after a restart (pid, start time and command line), and the cross-process file lock.
+and finding it again after a restart (pid, start time and command line).
 
 Standard library + psutil only: runs inside the WebUI process.
 """
@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional
@@ -19,86 +18,9 @@ import psutil
 from lib_trainer import deps
 
 if TYPE_CHECKING:
-    from lib_trainer.job_store import Job
+    from lib_trainer.jobs.store import Job
 
 TRAINER_MODULE = "lib_trainer.trainer"
-
-
-class FileLock:
-    """An exclusive OS lock on a file (fcntl.flock / msvcrt.locking); the OS drops it when the process dies.
-
-    Two FileLock objects on one path exclude each other even inside one process (flock locks belong to the open
-    file, not the process), which lets tests play two processes with two runners."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._fh = None
-        self._guard = threading.Lock()
-
-    def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._guard:
-                if self._fh is not None:
-                    raise RuntimeError(f"{self.path} is already locked by this object")
-                fh = open(self.path, "a+b")
-                if _try_lock(fh):
-                    self._fh = fh
-                    return True
-                fh.close()
-            if not blocking or (deadline is not None and time.monotonic() >= deadline):
-                return False
-            time.sleep(0.05)
-
-    def release(self) -> None:
-        with self._guard:
-            if self._fh is None:
-                return
-            _unlock(self._fh)
-            self._fh.close()
-            self._fh = None
-
-    @property
-    def held(self) -> bool:
-        return self._fh is not None
-
-    def __enter__(self) -> "FileLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-if os.name == "nt":  # pragma: no cover - Windows
-    import msvcrt
-
-    def _try_lock(fh) -> bool:
-        fh.seek(0)
-        try:
-            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            return False
-
-    def _unlock(fh) -> None:
-        fh.seek(0)
-        try:
-            msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-        except OSError:
-            pass
-else:
-    import fcntl
-
-    def _try_lock(fh) -> bool:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError:
-            return False
-
-    def _unlock(fh) -> None:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def trainer_command(python: Optional[str], config: Path) -> List[str]:

@@ -1,4 +1,4 @@
-"""Atomic file writes and safe file names for everything outside the trainer (standard library only).
+"""Atomic file writes, file hashes and safe file names (standard library only; the trainer uses them too).
 
 A crash or a full disk in the middle of a write must never leave a half-written JSON, TOML, picture or LoRA:
 write to a temporary file in the same folder, flush it to disk, then ``os.replace`` it over the target.
@@ -15,12 +15,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from lib_trainer.trainer.schema import atomic_write_text
-
 PathLike = Union[str, os.PathLike]
-
-__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_copy", "atomic_save",
-           "read_json", "short_hash", "safe_file_stem"]
 
 
 def atomic_save(path: PathLike, write: Callable[[Path], None], *, durable: bool = True) -> None:
@@ -47,6 +42,11 @@ def atomic_save(path: PathLike, write: Callable[[Path], None], *, durable: bool 
         raise
 
 
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` as UTF-8 with LF line ends, atomically and durably."""
+    atomic_save(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     atomic_save(path, lambda tmp: tmp.write_bytes(data))
 
@@ -68,13 +68,18 @@ def read_json(path: PathLike, default: Any = None) -> Any:
         return default
 
 
-def sha256_file(path: PathLike) -> str:
-    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+def hash_file_into(digest: Any, path: PathLike, offset: int = 0) -> Any:
+    """Feed a file's bytes from ``offset`` on into ``digest`` (a hashlib object), 1 MiB at a time; returns it."""
     with open(path, "rb") as fh:
+        fh.seek(offset)
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
+
+
+def sha256_file(path: PathLike, offset: int = 0) -> str:
+    """The hex sha256 of a file's bytes (from ``offset`` on)."""
+    return hash_file_into(hashlib.sha256(), path, offset).hexdigest()
 
 
 def short_hash(*parts: Union[str, bytes], length: int = 12) -> str:

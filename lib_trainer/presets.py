@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from lib_trainer.i18n import tr
+from lib_trainer.common.cuda import cuda_available
+from lib_trainer.common.i18n import tr
 from lib_trainer.trainer import schema
 from lib_trainer.trainer.folders import IMAGE_EXTENSIONS, parse_folder_name
 from lib_trainer.trainer.schema import ConfigError, TrainConfig
@@ -120,18 +118,6 @@ class VersionPaths:
         return cls(train_dir=version.train_dir, reg_dir=version.reg_dir, checkpoints_dir=version.checkpoints_dir,
                    samples_dir=version.samples_dir, logs_dir=version.logs_dir, events_path=version.events_path,
                    output_name=version.output_name)
-
-
-def cuda_available() -> bool:
-    """Whether the trainer will find an NVIDIA GPU, without importing torch into a process that has not (the
-    WebUI has, so its answer is exact; elsewhere the NVIDIA driver's presence decides)."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            return bool(torch.cuda.is_available())
-        except Exception:
-            return False
-    return os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
 
 
 def build_config(paths: VersionPaths, base_model: str, arch: str, preset: str, vram_gb: int,

@@ -12,18 +12,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
-from lib_trainer import preview
-from lib_trainer.fsutil import atomic_copy, atomic_save, atomic_write_text
+from lib_trainer.checkpoints.recommend import checkpoint_scores
+from lib_trainer.preview.cells import (checkpoint_dir_name, CheckpointRef, is_running, load_manifest, PreviewError,
+                                       resolve_checkpoints, save_png, weight_text)
+from lib_trainer.preview.config import apply_trigger, arch_from_metadata, load_config, version_trigger
+from lib_trainer.preview.gallery import cell_image
+from lib_trainer.preview.run import resolve_base_model
+from lib_trainer.common.files import atomic_copy, atomic_save, atomic_write_text
 from lib_trainer.hosts.base import PREVIEW_FOLDER, Host, HostError, LoraSpec, Txt2ImgRequest
-from lib_trainer.i18n import tr
-from lib_trainer.names import InvalidName, validate_name
-from lib_trainer.projects import Busy, CheckpointFile, ProjectError, TrashEntry, Version, Workspace, now_iso, \
-    read_safetensors_metadata
+from lib_trainer.common.i18n import tr
+from lib_trainer.common.names import InvalidName, validate_name
+from lib_trainer.common.safetensors_header import NotSafetensors, header_bytes, read_header, read_metadata
+from lib_trainer.projects import Busy, CheckpointFile, now_iso, ProjectError, TrashEntry, Version, Workspace
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 DEFAULT_WEIGHT = 0.8
@@ -53,10 +57,10 @@ class PickResult:
     warnings: List[str] = field(default_factory=list)
 
 
-def _checkpoint(version: Version, checkpoint: preview.CheckpointRef) -> CheckpointFile:
+def _checkpoint(version: Version, checkpoint: CheckpointRef) -> CheckpointFile:
     try:
-        return preview.resolve_checkpoints(version, [checkpoint])[0]
-    except preview.PreviewError as exc:
+        return resolve_checkpoints(version, [checkpoint])[0]
+    except PreviewError as exc:
         raise PickError(str(exc)) from None
 
 
@@ -131,50 +135,41 @@ def check_name(host: Host, project: str, name: str, overwrite: bool = False) -> 
 
 def copy_with_metadata(src: Path, dst: Path, updates: Dict[str, str]) -> None:
     """Copy a .safetensors file (atomically) with some ``__metadata__`` entries changed; tensors are untouched."""
-    with open(src, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        if length > 100 * 1024 * 1024:
-            raise PickError(tr("{path} is not a valid .safetensors file.", path=str(src)))
-        try:
-            header = json.loads(fh.read(length).decode("utf-8"))
-        except ValueError:
-            raise PickError(tr("{path} is not a valid .safetensors file.", path=str(src))) from None
-        meta = dict(header.get("__metadata__") or {})
-        meta.update({k: str(v) for k, v in updates.items()})
-        header["__metadata__"] = meta
-        blob = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        blob += b" " * (-len(blob) % 8)  # the format's recommended alignment of the tensor data
+    try:
+        header = read_header(src)
+    except NotSafetensors:
+        raise PickError(tr("{path} is not a valid .safetensors file.", path=str(src))) from None
+    blob = header_bytes(header.entries, {**header.metadata, **{k: str(v) for k, v in updates.items()}})
 
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as out:
-                out.write(struct.pack("<Q", len(blob)))
-                out.write(blob)
-                fh.seek(8 + length)
-                shutil.copyfileobj(fh, out, 1 << 20)
+    def write(tmp: Path) -> None:
+        with open(src, "rb") as fh, open(tmp, "wb") as out:
+            out.write(blob)
+            fh.seek(header.data_offset)
+            shutil.copyfileobj(fh, out, 1 << 20)
 
-        atomic_save(dst, write)
+    atomic_save(dst, write)
 
 
 def sd_version(meta: Dict[str, str]) -> str:
     """The Lora card's "sd version" (SD1 / SD2 / SDXL / Unknown) from a LoRA's metadata."""
-    arch = preview.arch_from_metadata(meta)
+    arch = arch_from_metadata(meta)
     return {"sd1": "SD1", "sd2": "SD2", "sd2-v": "SD2", "sdxl": "SDXL"}.get(arch or "", "Unknown")
 
 
 def _trigger_text(version: Version, trigger_words: Union[str, Sequence[str], None]) -> str:
     if trigger_words is None:
-        return preview.version_trigger(version)
+        return version_trigger(version)
     if isinstance(trigger_words, str):
         return trigger_words.strip()
     return ", ".join(w.strip() for w in trigger_words if w and w.strip())
 
 
 def lora_prompt_text(name: str, weight: float, trigger: str) -> str:
-    tag = f"<lora:{name}:{preview.weight_text(weight)}>"
+    tag = f"<lora:{name}:{weight_text(weight)}>"
     return f"{tag}, {trigger}" if trigger else tag
 
 
-def use_checkpoint(version: Version, checkpoint: preview.CheckpointRef, host: Host, *, name: Optional[str] = None,
+def use_checkpoint(version: Version, checkpoint: CheckpointRef, host: Host, *, name: Optional[str] = None,
                    weight: float = DEFAULT_WEIGHT, trigger_words: Union[str, Sequence[str], None] = None,
                    send_prompt: bool = False, overwrite: bool = False) -> PickResult:
     """Copy a checkpoint into the host's Lora folder as ``<project>/<name>.safetensors`` with a preview image and
@@ -188,12 +183,12 @@ def use_checkpoint(version: Version, checkpoint: preview.CheckpointRef, host: Ho
     trigger = _trigger_text(version, trigger_words)
     warnings: List[str] = []
 
-    src_meta = read_safetensors_metadata(ckpt.path)
+    src_meta = read_metadata(ckpt.path)
     copy_with_metadata(ckpt.path, target, {"ss_output_name": name, "modelspec.title": name})
 
     preview_path: Optional[Path] = target.with_suffix(".png")
     source = "none"
-    cell = preview.cell_image(version, ckpt, weight)
+    cell = cell_image(version, ckpt, weight)
     if cell is not None:
         atomic_copy(cell, preview_path)
         source = "preview"
@@ -205,7 +200,7 @@ def use_checkpoint(version: Version, checkpoint: preview.CheckpointRef, host: Ho
             warnings.append(tr("No preview image: {error}", error=str(exc)))
             preview_path = None
 
-    score = next((s for s in preview.checkpoint_scores(version) if s.name == ckpt.name), None)
+    score = next((s for s in checkpoint_scores(version) if s.name == ckpt.name), None)
     notes = [tr("Trained with Train Tools: {version}, checkpoint {checkpoint}.", version=version.key,
                 checkpoint=ckpt.name)]
     if score is not None:
@@ -239,24 +234,24 @@ def use_checkpoint(version: Version, checkpoint: preview.CheckpointRef, host: Ho
 
 def _generate_preview(version: Version, ckpt: CheckpointFile, host: Host, weight: float, path: Path) -> None:
     """Draw the card's picture with the version's preview settings (first prompt, its seed) at ``weight``."""
-    config = preview.load_config(version, host)
-    trigger = config.trigger if config.trigger is not None else preview.version_trigger(version)
+    config = load_config(version, host)
+    trigger = config.trigger if config.trigger is not None else version_trigger(version)
     seed = config.seed if config.seed >= 0 else 0
-    manifest = preview.load_manifest(version)
+    manifest = load_manifest(version)
     if manifest is not None:
         seed = int(manifest.get("seed", seed))
     request = Txt2ImgRequest(
-        prompt=preview.apply_trigger(config.prompts[0] if config.prompts else "", trigger),
+        prompt=apply_trigger(config.prompts[0] if config.prompts else "", trigger),
         negative_prompt=config.negative_prompt, seed=seed, steps=config.steps, cfg_scale=config.cfg_scale,
         width=config.width, height=config.height, sampler=config.sampler, clip_skip=config.clip_skip,
-        checkpoint=preview.resolve_base_model(version, config, host, []),
+        checkpoint=resolve_base_model(version, config, host, []),
         loras=[LoraSpec(str(ckpt.path), float(weight))],
     )
     result = host.txt2img(request)
-    preview.save_png(path, result.image, result.infotext)
+    save_png(path, result.image, result.infotext)
 
 
-def keep_only(version: Version, checkpoint: preview.CheckpointRef, workspace: Workspace, *,
+def keep_only(version: Version, checkpoint: CheckpointRef, workspace: Workspace, *,
               confirm: bool = False) -> Optional[TrashEntry]:
     """Move every other checkpoint of the version (with its resume-state folder and its preview images) to the
     workspace trash, restorable with ``workspace.restore(entry.id)``. ``confirm=True`` is required: the caller
@@ -265,7 +260,7 @@ def keep_only(version: Version, checkpoint: preview.CheckpointRef, workspace: Wo
         raise PickError(tr("Keeping only one checkpoint moves the others to the trash: confirm first."))
     if version.busy:
         raise Busy(tr("Version \"{version}\" is training or queued; wait for it to finish.", version=version.name))
-    if preview.is_running(version):
+    if is_running(version):
         raise PickError(tr("A preview of \"{version}\" is running; stop it first.", version=version.key))
     keep = _checkpoint(version, checkpoint)
     others = [c for c in version.checkpoints() if c.name != keep.name]
@@ -275,7 +270,7 @@ def keep_only(version: Version, checkpoint: preview.CheckpointRef, workspace: Wo
         state = ckpt.path.with_name(f"{ckpt.name}-state")
         if state.is_dir():
             paths.append(state)
-        cells = version.previews_dir / preview.checkpoint_dir_name(ckpt.name)
+        cells = version.previews_dir / checkpoint_dir_name(ckpt.name)
         if cells.is_dir():
             paths.append(cells)
     if not paths:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from lib_trainer.i18n import tr
+from lib_trainer.common.i18n import tr
 
 MAX_NAME_LENGTH = 64
 # Characters Windows refuses in file names, and the path separators everywhere.
