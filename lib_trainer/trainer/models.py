@@ -4,6 +4,11 @@ The architecture (sd1 / sd2 / sdxl) is read from the keys. The shipped diffusers
 give everything the keys cannot tell (head counts, activation functions, VAE scaling); sizes are re-read from
 the tensor shapes, so a real SD1.5 file and the tiny test models go through exactly the same path. The
 conversion of the keys is diffusers' own single-file converter.
+
+A single file is read part by part (UNet, VAE, each text encoder) into models built without weights: the shapes
+come from the file's header, only one part's tensors are in memory at a time, and each is cast into its model
+tensor by tensor, so loading needs little more memory than the models themselves (the whole fp16 file and the
+fp32 models it becomes were in memory at once before).
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from lib_trainer.common.files import hash_file_into
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 
@@ -61,17 +68,116 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 "download it again or pick another checkpoint"
             ) from None
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
-        try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
+        return _load_pickle_checkpoint(path, mmap=False)
+    raise ModelLoadError(f"{path.name}: unsupported checkpoint type {suffix!r}; use .safetensors or .ckpt")
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    **({"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2} if hasattr(torch, "float8_e5m2") else {}),
+}
+
+
+class CheckpointParts:
+    """A single-file checkpoint opened without reading its tensors.
+
+    ``shapes`` maps every key to a tensor on the meta device (shape and dtype, no data) for the structure
+    inference; ``part(prefix)`` reads the tensors of one part. A .safetensors file is read with plain reads at
+    its header's offsets into memory of the process's own, which is given back as the tensors are cast into their
+    models: safetensors' own reader maps the whole file, and every page once read stays resident (and counts) as
+    long as the file is open. A .ckpt is memory-mapped (``torch.load(mmap=True)``; old pickles without it are read
+    whole, as before), so its tensors borrow the file's pages and are copied before they are kept.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[str, dict] = {}
+        self._data_offset = 0
+        self._tensors: Optional[dict[str, torch.Tensor]] = None
+        suffix = path.suffix.lower()
+        if suffix == ".safetensors":
+            from lib_trainer.common.safetensors_header import NotSafetensors, read_header
+
+            try:
+                header = read_header(path)
+                self._entries = header.entries
+                self._data_offset = header.data_offset
+                self.shapes = {
+                    k: torch.empty(e["shape"], dtype=_SAFETENSORS_DTYPES[e["dtype"]], device="meta")
+                    for k, e in self._entries.items()
+                }
+            except (NotSafetensors, KeyError, TypeError, ValueError) as exc:
+                raise ModelLoadError(
+                    f"{path.name} is not a readable .safetensors file ({exc}); it may be incomplete or damaged: "
+                    "download it again or pick another checkpoint"
+                ) from None
+            self.borrowed = False
+        elif suffix in (".ckpt", ".pt", ".pth", ".bin"):
+            self._tensors = _load_pickle_checkpoint(path, mmap=True)
+            self.shapes = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in self._tensors.items()}
+            self.borrowed = True
+        else:
+            raise ModelLoadError(f"{path.name}: unsupported checkpoint type {suffix!r}; use .safetensors or .ckpt")
+
+    def part_shapes(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.shapes.items() if k.startswith(prefix)}
+
+    def part(self, prefix: str) -> dict[str, torch.Tensor]:
+        keys = [k for k in self.shapes if k.startswith(prefix)]
+        if self._tensors is not None:
+            return {k: self._tensors[k] for k in keys}
+        out: dict[str, torch.Tensor] = {}
+        with open(self.path, "rb") as fh:
+            for key in sorted(keys, key=lambda k: self._entries[k]["data_offsets"][0]):  # one forward pass
+                out[key] = self._read(fh, key)
+        return {k: out[k] for k in keys}
+
+    def _read(self, fh, key: str) -> torch.Tensor:
+        entry = self._entries[key]
+        start, end = entry["data_offsets"]
+        meta = self.shapes[key]
+        if end - start != meta.numel() * meta.element_size():
+            raise ModelLoadError(f"{self.path.name}: the size of {key} does not match its shape; the file is damaged")
+        raw = torch.empty(end - start, dtype=torch.uint8)
+        fh.seek(self._data_offset + start)
+        if fh.readinto(memoryview(raw.numpy())) != end - start:
             raise ModelLoadError(
-                f"{path.name} cannot be read safely ({exc.__class__.__name__}: {exc}); "
-                "convert it to .safetensors (the WebUI's checkpoint merger can) and try again"
-            ) from None
+                f"{self.path.name} ends early (at {key}); it is incomplete: download it again or pick another checkpoint"
+            )
+        return raw.view(meta.dtype).reshape(meta.shape)  # safetensors stores little-endian, as torch does here
+
+    def close(self) -> None:
+        self._tensors = None
+
+    def __enter__(self) -> "CheckpointParts":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _load_pickle_checkpoint(path: Path, mmap: bool) -> dict[str, torch.Tensor]:
+    def load(**kwargs):
+        data = torch.load(str(path), map_location="cpu", weights_only=True, **kwargs)
         if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
             data = data["state_dict"]
         return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-    raise ModelLoadError(f"{path.name}: unsupported checkpoint type {suffix!r}; use .safetensors or .ckpt")
+
+    try:
+        if not mmap:
+            return load()
+        try:
+            return load(mmap=True)
+        except RuntimeError as exc:  # the legacy (pre-zip) format cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            return load()
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path.name} cannot be read safely ({exc.__class__.__name__}: {exc}); "
+            "convert it to .safetensors (the WebUI's checkpoint merger can) and try again"
+        ) from None
 
 
 def detect_arch(keys) -> str:
@@ -171,41 +277,72 @@ def _clip_config(base: dict, hidden: int, layers: int, intermediate: int, vocab:
     return CLIPTextConfig(**values)
 
 
-def _load_into(model, state: dict, what: str):
-    missing, unexpected = model.load_state_dict(state, strict=False)
+def empty_model(build):
+    """``build()`` with its parameters on the meta device (no memory, no random init); buffers are real."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return build()
+
+
+def _load_into(model, state: dict, what: str, copy: bool = False):
+    """Give an empty model (see empty_model) the tensors of ``state``, each cast to the dtype the model declares.
+
+    ``state`` is emptied as it goes, so a part's source tensors are freed one by one while their casts are made
+    (peak: the part in its model's dtype, not the part twice). ``copy`` copies tensors that need no cast too (ones
+    that borrow a memory-mapped file)."""
+    own = model.state_dict()
     # position_ids is a buffer some transformers versions keep in the state dict and others not
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
-    if missing or unexpected:
+    missing = [k for k in own if k not in state and not k.endswith("position_ids")]
+    unexpected = [k for k in state if k not in own and not k.endswith("position_ids")]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+             if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
         raise ModelLoadError(
             f"the {what} of this checkpoint does not match its detected architecture "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); is the file complete?"
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]}); is the file complete?"
         )
+    cast: dict[str, torch.Tensor] = {}
+    for key in list(state):
+        tensor = state.pop(key)
+        if key not in own:
+            continue
+        target = own[key].dtype
+        if copy and tensor.dtype == target:
+            cast[key] = tensor.clone(memory_format=torch.contiguous_format)
+        else:
+            cast[key] = tensor.to(dtype=target, memory_format=torch.contiguous_format)
+        del tensor
+    model.load_state_dict(cast, strict=False, assign=True)
+    empty = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if empty:
+        raise ModelLoadError(f"the {what} of this checkpoint has no weights for {empty[:3]}; is the file complete?")
     return model
 
 
-def _hf_clip_te(sd: dict, prefix: str, base: dict, with_projection: bool):
+def _hf_clip_te(ckpt: CheckpointParts, prefix: str, base: dict, with_projection: bool):
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    sub = {k: v for k, v in sd.items() if k.startswith(prefix)}
-    state = convert_ldm_clip_checkpoint(sub, remove_prefix=prefix)
-    emb = state["text_model.embeddings.token_embedding.weight"]
-    layers = len(_indices(state, r"text_model\.encoder\.layers\.(\d+)\."))
+    shapes = convert_ldm_clip_checkpoint(ckpt.part_shapes(prefix), remove_prefix=prefix)
+    emb = shapes["text_model.embeddings.token_embedding.weight"]
+    layers = len(_indices(shapes, r"text_model\.encoder\.layers\.(\d+)\."))
     cfg = _clip_config(
-        base, int(emb.shape[1]), layers, int(state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
-        int(emb.shape[0]), int(state["text_model.embeddings.position_embedding.weight"].shape[0]), None,
+        base, int(emb.shape[1]), layers, int(shapes["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
+        int(emb.shape[0]), int(shapes["text_model.embeddings.position_embedding.weight"].shape[0]), None,
     )
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return _load_into(cls(cfg), state, "text encoder")
+    model = empty_model(lambda: cls(cfg))
+    state = convert_ldm_clip_checkpoint(ckpt.part(prefix), remove_prefix=prefix)
+    return _load_into(model, state, "text encoder", copy=ckpt.borrowed)
 
 
-def _open_clip_te(sd: dict, prefix: str, base: dict, drop_last_layer: bool, with_projection: bool):
+def _open_clip_te(ckpt: CheckpointParts, prefix: str, base: dict, drop_last_layer: bool, with_projection: bool):
     """OpenCLIP (SD2, SDXL's second encoder). SD2 is used up to its penultimate layer, like the WebUI does."""
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    sub = {k: v for k, v in sd.items() if k.startswith(prefix)}
+    sub = ckpt.part_shapes(prefix)
     n_layers = len(_indices(sub, re.escape(prefix + "transformer.resblocks.") + r"(\d+)\."))
     hidden = int(sub[prefix + "token_embedding.weight"].shape[1])
     layers = n_layers - 1 if drop_last_layer else n_layers
@@ -215,20 +352,13 @@ def _open_clip_te(sd: dict, prefix: str, base: dict, drop_last_layer: bool, with
         int(sub[prefix + "text_projection"].shape[1]) if prefix + "text_projection" in sub else None,
     )
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    model = cls(cfg)
-    state = convert_open_clip_checkpoint(model, sub, prefix=prefix)
-    state = {
-        k: v for k, v in state.items()
-        if not (m := re.match(r"text_model\.encoder\.layers\.(\d+)\.", k)) or int(m.group(1)) < layers
-    }
+    model = empty_model(lambda: cls(cfg))
+    state = convert_open_clip_checkpoint(model, ckpt.part(prefix), prefix=prefix)
+    for key in [k for k in state if (m := re.match(r"text_model\.encoder\.layers\.(\d+)\.", k)) and int(m.group(1)) >= layers]:
+        del state[key]
     if not with_projection:
         state.pop("text_projection.weight", None)
-    return _load_into(model, state, "text encoder")
-
-
-def _hash_file(sha, fh) -> None:
-    for chunk in iter(lambda: fh.read(1 << 20), b""):
-        sha.update(chunk)
+    return _load_into(model, state, "text encoder", copy=ckpt.borrowed)
 
 
 def file_hashes(path: Path) -> tuple[str, str]:
@@ -238,8 +368,7 @@ def file_hashes(path: Path) -> tuple[str, str]:
     with open(path, "rb") as fh:
         fh.seek(0x100000)
         legacy.update(fh.read(0x10000))
-        fh.seek(0)
-        _hash_file(sha, fh)
+    hash_file_into(sha, path)
     return legacy.hexdigest()[:8], sha.hexdigest()
 
 
@@ -249,35 +378,35 @@ def load_single_file(path: Path, v_prediction: Optional[bool] = None) -> LoadedM
 
     from .tokenizer import load_clip_tokenizer
 
-    sd = read_state_dict(path)
-    arch = detect_arch(sd.keys())
-    base = base_configs(arch)
+    with CheckpointParts(path) as ckpt:
+        shapes = ckpt.shapes
+        arch = detect_arch(shapes.keys())
+        base = base_configs(arch)
 
-    unet_cfg = infer_unet_config(sd, arch, base["unet"])
-    unet = UNet2DConditionModel.from_config(unet_cfg)
-    _load_into(unet, convert_ldm_unet_checkpoint(sd, unet.config), "UNet")
+        unet_cfg = infer_unet_config(shapes, arch, base["unet"])
+        unet = empty_model(lambda: UNet2DConditionModel.from_config(unet_cfg))
+        _load_into(unet, convert_ldm_unet_checkpoint(ckpt.part(UNET_PREFIX), unet.config), "UNet", copy=ckpt.borrowed)
 
-    vae_cfg = infer_vae_config(sd, base["vae"])
-    vae = AutoencoderKL.from_config(vae_cfg)
-    _load_into(vae, convert_ldm_vae_checkpoint(sd, vae.config), "VAE")
+        vae_cfg = infer_vae_config(shapes, base["vae"])
+        vae = empty_model(lambda: AutoencoderKL.from_config(vae_cfg))
+        _load_into(vae, convert_ldm_vae_checkpoint(ckpt.part(VAE_PREFIX), vae.config), "VAE", copy=ckpt.borrowed)
 
-    if arch == "sd1":
-        tes = [_hf_clip_te(sd, SD1_TE_PREFIX, base["text_encoder"], with_projection=False)]
-        toks = [load_clip_tokenizer(base["tokenizer"]["pad_token"])]
-    elif arch == "sd2":
-        tes = [_open_clip_te(sd, SD2_TE_PREFIX, base["text_encoder"], drop_last_layer=True, with_projection=False)]
-        toks = [load_clip_tokenizer(base["tokenizer"]["pad_token"])]
-    else:
-        tes = [
-            _hf_clip_te(sd, SDXL_TE1_PREFIX, base["text_encoder"], with_projection=False),
-            _open_clip_te(sd, SDXL_TE2_PREFIX, base["text_encoder_2"], drop_last_layer=False, with_projection=True),
-        ]
-        toks = [load_clip_tokenizer(base["tokenizer"]["pad_token"]), load_clip_tokenizer(base["tokenizer_2"]["pad_token"])]
+        if arch == "sd1":
+            tes = [_hf_clip_te(ckpt, SD1_TE_PREFIX, base["text_encoder"], with_projection=False)]
+            toks = [load_clip_tokenizer(base["tokenizer"]["pad_token"])]
+        elif arch == "sd2":
+            tes = [_open_clip_te(ckpt, SD2_TE_PREFIX, base["text_encoder"], drop_last_layer=True, with_projection=False)]
+            toks = [load_clip_tokenizer(base["tokenizer"]["pad_token"])]
+        else:
+            tes = [
+                _hf_clip_te(ckpt, SDXL_TE1_PREFIX, base["text_encoder"], with_projection=False),
+                _open_clip_te(ckpt, SDXL_TE2_PREFIX, base["text_encoder_2"], drop_last_layer=False, with_projection=True),
+            ]
+            toks = [load_clip_tokenizer(base["tokenizer"]["pad_token"]), load_clip_tokenizer(base["tokenizer_2"]["pad_token"])]
 
-    if v_prediction is None:
-        v_prediction = "v_pred" in sd  # some v-prediction checkpoints carry this marker key
-    keys = list(sd.keys())
-    del sd
+        if v_prediction is None:
+            v_prediction = "v_pred" in shapes  # some v-prediction checkpoints carry this marker key
+        keys = list(shapes.keys())
     legacy, full = file_hashes(path)
     return LoadedModel(
         arch=arch, unet=unet, vae=vae, text_encoders=tes, tokenizers=toks,
@@ -341,8 +470,7 @@ def folder_hash(path: Path, parts: list[str]) -> str:
             if file.suffix not in (".safetensors", ".bin"):
                 continue
             sha.update(f"{part}/{file.name}\0".encode())
-            with open(file, "rb") as fh:
-                _hash_file(sha, fh)
+            hash_file_into(sha, file)
     return sha.hexdigest()
 
 
