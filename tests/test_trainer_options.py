@@ -487,6 +487,9 @@ def test_network_weights_continues_from_a_file(tiny_sd1, tmp_path):
     second = train(cfg).assert_ok()
     continued, _ = load_lora(second.final)
     assert continued.keys() == trained.keys()
+    fit = second.one("start")["network_weights"]
+    assert fit["matched"] == fit["file_keys"] == len(trained) and not fit["partial"]
+    assert set(second.one("start")["trained"]) == {"unet", "text_encoder"}
     for key in trained:
         torch.testing.assert_close(continued[key], trained[key], atol=1e-9, rtol=0)
     # and training starts where the first run ended: same fixed-noise score with the loaded weights

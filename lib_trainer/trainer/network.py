@@ -143,8 +143,52 @@ def network_state_for_file(network, name_map: dict[str, str], dtype: torch.dtype
     return out
 
 
-def load_network_weights(network, state: dict[str, torch.Tensor], name_map: dict[str, str]) -> None:
-    """Continue from a LoRA file: its keys are translated to ours and must fit the configured network."""
+PART_PREFIXES = (("text_encoder_1", "lora_te1_"), ("text_encoder_2", "lora_te2_"), ("text_encoder", "lora_te_"),
+                 ("unet", f"{UNET_PREFIX}_"))
+
+
+def part_of(module_name: str) -> str:
+    """unet, text_encoder (SD1/SD2), text_encoder_1 / text_encoder_2 (SDXL) for a LoRA module name."""
+    return next((part for part, prefix in PART_PREFIXES if module_name.startswith(prefix)), "other")
+
+
+def describe_network(network) -> dict:
+    """What is trained, as sd-scripts reports it: the LoRA modules of each part and their trainable parameters.
+
+    ``{"trained": {"unet": {"modules": 192, "parameters": 1594368}, "text_encoder": {...}},
+    "trainable_parameters": total}``; a part that is not trained is absent."""
+    parts: dict[str, dict[str, int]] = {}
+    for module in network.loras:
+        part = parts.setdefault(part_of(module.lora_name), {"modules": 0, "parameters": 0})
+        part["modules"] += 1
+        part["parameters"] += sum(p.numel() for p in module.parameters() if p.requires_grad)
+    order = [name for name, _ in PART_PREFIXES]
+    trained = dict(sorted(parts.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+    return {"trained": trained, "trainable_parameters": sum(p["parameters"] for p in parts.values())}
+
+
+def _names(keys: list[str], limit: int = 3) -> str:
+    modules = sorted({k.partition(".")[0] for k in keys})
+    shown = ", ".join(modules[:limit])
+    return shown + (f" and {len(modules) - limit} more" if len(modules) > limit else "")
+
+
+def _by_part(keys: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[part_of(key)] = counts.get(part_of(key), 0) + 1
+    return ", ".join(f"{n} {part.replace('_', ' ')}" for part, n in sorted(counts.items()))
+
+
+def load_network_weights(network, state: dict[str, torch.Tensor], name_map: dict[str, str],
+                         partial: bool = False) -> dict:
+    """Continue from a LoRA file: its keys are translated to ours and must fit the configured network.
+
+    Every key of the file must be one of the network's and every key of the network must be in the file, with
+    the same shape; a file that fits only partly (another network type, a UNet-only file for a network that
+    trains the text encoder too, other modules) is an error that names what did not match, unless ``partial``
+    (``network_weights_partial = true``) asks to load what fits and start the rest afresh. Returns how many keys
+    matched: ``{"file_keys", "matched", "file_keys_unused", "network_keys_not_in_file", "partial"}``."""
     inverse = {v: k for k, v in name_map.items()}
     own = network.state_dict()
     renamed: dict[str, torch.Tensor] = {}
@@ -163,4 +207,21 @@ def load_network_weights(network, state: dict[str, torch.Tensor], name_map: dict
                 f"the network_weights file has {tuple(value.shape)} for {key} but this config makes "
                 f"{tuple(own[key].shape)}: set network_dim / conv_dim to the file's values"
             )
+    absent = [k for k in own if k not in renamed]
+    if (unknown or absent) and not partial:
+        problems = []
+        if unknown:
+            problems.append(f"{len(unknown)} of its {len(renamed)} keys are not in this network "
+                            f"({_by_part(unknown)}: {_names(unknown)})")
+        if absent:
+            problems.append(f"it has no weights for {len(absent)} of the network's {len(own)} keys "
+                            f"({_by_part(absent)}: {_names(absent)})")
+        raise NetworkError(
+            "the network_weights file fits this network only partly: " + "; ".join(problems) + ". Make the config "
+            "match the file (network_module, network_args, conv_dim, network_train_unet_only / "
+            "network_train_text_encoder_only), or set network_weights_partial = true to load the keys that match "
+            "and train the rest from the start"
+        )
     network.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=False)
+    return {"file_keys": len(renamed), "matched": len(renamed) - len(unknown), "file_keys_unused": len(unknown),
+            "network_keys_not_in_file": len(absent), "partial": bool(unknown or absent)}

@@ -139,6 +139,11 @@ class TrainConfig:
     events_file: Optional[str] = _f(None, "Where the JSON event stream is appended (default: <output_dir>/events.jsonl).")
     sample_dir: Optional[str] = _f(None, "Where sample images go (default: <output_dir>/sample, as sd-scripts).")
     log_every_n_steps: int = _f(1, "How often a step event (and a host sync for the loss) happens.")
+    channels_last: Optional[bool] = _f(
+        None, "Keep the UNet in channels-last memory format (faster convolutions on NVIDIA GPUs). Unset: on CUDA.")
+    network_weights_partial: bool = _f(
+        False, "Load a network_weights file that fits the network only partly (the keys that match; the rest "
+               "start afresh). Without it such a file is an error naming what did not match.")
     eval_holdout_images: int = _f(
         -1, "Pictures kept out of training to score every checkpoint (the recommended-epoch hint). -1: automatic "
             "(one in ten when there are at least 20 pictures, at most 4); 0: none (score a fixed subset of the "

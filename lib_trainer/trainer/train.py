@@ -27,7 +27,9 @@ from .events import EventWriter
 from .folders import describe_empty, scan_dataset
 from .metadata import build_metadata, finalize_metadata
 from .models import LoadedModel, ModelLoadError, load_model
-from .network import NetworkError, create_network, load_network_weights, network_state_for_file, unet_name_map
+from .network import (
+    NetworkError, create_network, describe_network, load_network_weights, network_state_for_file, unet_name_map,
+)
 from .optim import create_optimizer, create_scheduler, describe_optimizer, warmup_steps
 from .holdout import choose_holdout, fixed_noise_score
 from .schema import ConfigError, TrainConfig, validate
@@ -123,18 +125,26 @@ class Trainer:
                     # transformers < 4.35 checkpoints reentrantly: the LoRA layers inside a checkpointed block get
                     # no gradient unless the block's input requires grad (the embeddings are frozen)
                     te.enable_input_require_grads()
-        if self.device.type == "cuda":
+        channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        if channels_last:
             m.unet.to(memory_format=torch.channels_last)
 
-        # the network's random init must not depend on how much randomness loading the model used (a diffusers
-        # folder loads without initialising layers, a single file initialises them first)
+        # the network's random init must not depend on how much randomness loading the model used (neither
+        # loader initialises layers it then overwrites, but nothing here should rely on that)
         torch.manual_seed(data_mod.derive_seed(self.seed, "network"))
         self.network = create_network(cfg, m.text_encoders, m.unet, self.train_unet, self.train_te)
         self.name_map = unet_name_map(m.unet, m.arch)
+        self.network_info = describe_network(self.network)
         if cfg.network_weights:
             from .models import read_state_dict
 
-            load_network_weights(self.network, read_state_dict(Path(cfg.network_weights)), self.name_map)
+            fit = load_network_weights(self.network, read_state_dict(Path(cfg.network_weights)), self.name_map,
+                                       partial=cfg.network_weights_partial)
+            self.network_info["network_weights"] = {"path": cfg.network_weights, **fit}
+            if fit["partial"]:
+                self.warn(f"network_weights: {fit['matched']} of the file's {fit['file_keys']} keys loaded; "
+                          f"{fit['file_keys_unused']} of them are not in this network and "
+                          f"{fit['network_keys_not_in_file']} of the network's keys start afresh")
         self.network.to(self.device)
         m.unet.train(cfg.gradient_checkpointing)  # diffusers only checkpoints in train mode
         for te in m.text_encoders:
@@ -405,7 +415,7 @@ class Trainer:
             dtype=str(self.weight_dtype).replace("torch.", ""), arch=m.arch, v_prediction=self.v_prediction,
             resumed_from_step=self.global_step, seed=self.seed, batch_size=cfg.train_batch_size,
             eval_loss=round(self.fixed_noise_score(), 6) if self.accelerator.is_main_process else None,
-            eval_set=self.eval_set, eval_images=len(self.eval_entries),
+            eval_set=self.eval_set, eval_images=len(self.eval_entries), **self.network_info,
         )
         loss_sum = torch.zeros((), device=self.device)
         loss_count = 0
