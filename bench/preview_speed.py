@@ -1,4 +1,4 @@
-"""Preview overhead: a whole preview (lib_trainer.preview.run_preview: manifest, PNG files, labelled grids) against
+"""Preview overhead: a whole preview (lib_trainer.preview.run.run_preview: manifest, PNG files, labelled grids) against
 the same txt2img requests sent straight to the host.
 
     PYTHONPATH=.:trainer_deps python bench/preview_speed.py [--checkpoints 3] [--prompts 2] [--out FILE]

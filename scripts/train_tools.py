@@ -2,7 +2,7 @@
 
 Kept small and cheap at start-up: the heavy parts (the tab's modules, the job runner, the WebUI host) are
 imported inside the callbacks, and one runner per process survives the WebUI's "Reload UI" (see
-lib_trainer/runtime.py), so a training run keeps going and is shown again.
+lib_trainer/common/runtime.py), so a training run keeps going and is shown again.
 """
 import sys
 from pathlib import Path
@@ -98,7 +98,7 @@ def _ui_settings(workspace_root=None):
 def _create_context():
     from lib_trainer.preview.run import run_preview
     from lib_trainer.jobs.runner import JobRunner
-    from lib_trainer.hosts.webui import WebUIHost
+    from lib_trainer.hosts.webui.host import WebUIHost
     from lib_trainer.projects import Workspace
     from lib_trainer.ui.context import UIContext
 

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from lib_trainer.trainer.captions import normalize_caption, process_caption, split_tags
+from lib_trainer.trainer.captions import normalize_caption, process_caption, split_caption
 
 CAPTION = "sks dog, solo,  sitting , grass,\n outdoors, blue sky, looking at viewer"
 
@@ -14,7 +14,7 @@ def run(caption=CAPTION, seed=0, **kw):
 
 
 def test_split_and_normalize():
-    assert split_tags(" a ,b,, c  d\n,") == ["a", "b", "c d"]
+    assert split_caption(" a ,b,, c  d\n,") == ["a", "b", "c d"]
     assert normalize_caption("a photo of   sks dog") == "a photo of sks dog"
     assert normalize_caption("") == ""
 
@@ -31,7 +31,7 @@ def test_shuffle_keeps_first_tokens_and_all_tags():
         out = run(shuffle=True, keep_tokens=1, seed=seed)
         tags = out.split(", ")
         assert tags[0] == "sks dog"
-        assert sorted(tags) == sorted(split_tags(CAPTION))
+        assert sorted(tags) == sorted(split_caption(CAPTION))
         seen.add(out)
     assert len(seen) > 10
     out = run(shuffle=True, keep_tokens=2, seed=5)

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lib_trainer.dataset import captions as C
-from lib_trainer.dataset.captions import (
-    BulkEdit, CaptionBusy, CaptionError, CaptionSet, caption_path, journal_path_for, normalize_tag, read_caption,
-    split_tags, tag_key, write_caption,
-)
+from lib_trainer.dataset.captions import journal as caption_journal
+from lib_trainer.dataset.captions.caption_set import CaptionSet
+from lib_trainer.dataset.captions.journal import BulkEdit, CaptionBusy, journal_path_for
+from lib_trainer.dataset.captions.sidecar import caption_path, CaptionError, read_caption, read_tags, write_caption
+from lib_trainer.dataset.captions.tags import keep_tokens_for, merge_tags, normalize_tag, parse_tags, tag_key
 from lib_trainer.trainer.captions import process_caption
 from lib_trainer.trainer.folders import scan_dataset
 
@@ -59,12 +59,12 @@ def test_tag_normalisation():
     assert normalize_tag("^_^", underscores_to_spaces=True) == "^_^"  # an emoticon keeps its underscore
     assert normalize_tag("a\x00b\u200b") == "ab"
     assert normalize_tag("cafe\u0301") == "caf\u00e9"  # NFC
-    assert split_tags(" a ,b,, c  d\n e,") == ["a", "b", "c d", "e"]
-    assert split_tags(["x, y", "z"]) == ["x", "y", "z"]
-    assert split_tags(None) == []
+    assert parse_tags(" a ,b,, c  d\n e,") == ["a", "b", "c d", "e"]
+    assert parse_tags(["x, y", "z"]) == ["x", "y", "z"]
+    assert parse_tags(None) == []
     assert tag_key("Long_Hair") == tag_key("long hair")
-    assert C.keep_tokens_for("sks dog") == 1 and C.keep_tokens_for("sks, dog") == 2
-    assert C.merge_tags(["a", "B"], ["b", "c"], trigger_word="t") == ["t", "a", "B", "c"]
+    assert keep_tokens_for("sks dog") == 1 and keep_tokens_for("sks, dog") == 2
+    assert merge_tags(["a", "B"], ["b", "c"], trigger_word="t") == ["t", "a", "B", "c"]
 
 
 def test_write_and_read_caption_roundtrip_unicode(tmp_path):
@@ -79,7 +79,7 @@ def test_write_and_read_caption_roundtrip_unicode(tmp_path):
     caption_path(other).write_bytes("狗, dog".encode("utf-16"))
     assert read_caption(other) == "狗, dog"
     caption_path(other).write_bytes(b"\xef\xbb\xbfdog, cat")
-    assert C.read_tags(other) == ["dog", "cat"]
+    assert read_tags(other) == ["dog", "cat"]
     third = tmp_path / "y.png"
     assert read_caption(third) is None
     caption_path(third, ".caption").write_text("from caption", encoding="utf-8")
@@ -291,7 +291,7 @@ def test_undo_leaves_captions_edited_afterwards(train):
 
 def test_interrupted_edit_keeps_written_files_and_undoes_them(train, monkeypatch):
     before = snapshot(train)
-    real = C.atomic_write_bytes
+    real = caption_journal.atomic_write_bytes
     calls = {"n": 0}
 
     def failing(path, data):
@@ -301,10 +301,10 @@ def test_interrupted_edit_keeps_written_files_and_undoes_them(train, monkeypatch
                 raise OSError(28, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(C, "atomic_write_bytes", failing)
+    monkeypatch.setattr(caption_journal, "atomic_write_bytes", failing)
     with pytest.raises(OSError):
         CaptionSet(train).add_tags("x")
-    monkeypatch.setattr(C, "atomic_write_bytes", real)
+    monkeypatch.setattr(caption_journal, "atomic_write_bytes", real)
     assert snapshot(train) != before  # two captions were written
     result = CaptionSet(train).undo()
     assert len(result.restored) == 5 and not result.skipped
@@ -312,7 +312,7 @@ def test_interrupted_edit_keeps_written_files_and_undoes_them(train, monkeypatch
 
 
 def test_bulk_edits_of_one_dataset_do_not_interleave(train, monkeypatch):
-    monkeypatch.setattr(C, "_LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(caption_journal, "_LOCK_TIMEOUT_S", 0.2)
     cs = CaptionSet(train)
     holding = threading.Event()
     release = threading.Event()

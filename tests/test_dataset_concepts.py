@@ -2,7 +2,8 @@ import pytest
 from PIL import Image
 
 from lib_trainer.common import i18n
-from lib_trainer.dataset.captions import CaptionSet, caption_path
+from lib_trainer.dataset.captions.caption_set import CaptionSet
+from lib_trainer.dataset.captions.sidecar import caption_path
 from lib_trainer.dataset.concepts import (
     MAX_REPEATS, REPEAT_GUIDE, ConceptError, create_concept, find_concept, list_concepts, rename_concept,
     set_repeats, suggest_repeats, validate_concept_name, validate_repeats,
@@ -151,10 +152,10 @@ def test_explanation_is_translated():
 def test_no_rename_under_a_running_caption_edit(dataset, monkeypatch):
     import threading
 
-    from lib_trainer.dataset import captions
-    from lib_trainer.dataset.captions import BulkEdit, CaptionBusy, journal_path_for
+    from lib_trainer.dataset.captions import journal as caption_journal
+    from lib_trainer.dataset.captions.journal import BulkEdit, CaptionBusy, journal_path_for
 
-    monkeypatch.setattr(captions, "_LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(caption_journal, "_LOCK_TIMEOUT_S", 0.2)
     dog = create_concept(dataset, "dog", 10)
     holding, release = threading.Event(), threading.Event()
 

@@ -9,21 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from lib_trainer.dataset import preprocess as prep
-from lib_trainer.dataset.preprocess import (
-    MANIFEST_NAME,
-    PreprocessError,
-    PreprocessOptions,
-    concept_folder_name,
-    detect_faces,
-    face_crop_boxes,
-    focal_point,
-    haar_cascade_path,
-    interest_map,
-    crop_window,
-    preprocess,
-    validate_target,
-)
+from lib_trainer.dataset import crop as crop_mod
+from lib_trainer.dataset.crop import (crop_window, detect_faces, face_crop_boxes, focal_point, haar_cascade_path,
+                                      interest_map)
+from lib_trainer.dataset.preprocess import (MANIFEST_NAME, PreprocessError, PreprocessOptions, concept_folder_name,
+                                            preprocess, validate_target)
 from lib_trainer.trainer.buckets import assign_bucket, make_buckets
 from tests.dataset_corpus import exif_rotated_jpeg, noise, save_picture
 
@@ -400,14 +390,14 @@ def test_interest_map_scores_detail_over_flat():
 def test_haar_cascades_ship_with_opencv_and_load():
     path = haar_cascade_path()
     assert path is not None and path.is_file() and path.name == "haarcascade_frontalface_default.xml"
-    assert prep._cascade("haarcascade_frontalface_default.xml") is not None
-    assert prep._cascade("haarcascade_profileface.xml") is not None
+    assert crop_mod._cascade("haarcascade_frontalface_default.xml") is not None
+    assert crop_mod._cascade("haarcascade_profileface.xml") is not None
     assert detect_faces(Image.new("RGB", (640, 480), (128, 128, 128))) == []
     assert detect_faces(noise((900, 600), 5)) == []
 
 
 def test_without_opencv_focal_crop_still_works(monkeypatch, tmp_path):
-    monkeypatch.setattr(prep, "_cv2", lambda: None)
+    monkeypatch.setattr(crop_mod, "_cv2", lambda: None)
     assert detect_faces(noise((640, 480), 1)) == [] and haar_cascade_path() is None
     src = tmp_path / "source"
     save_picture(src / "patch.png", _off_centre_patch())

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lib_trainer.dataset.captions import CaptionSet, caption_path, read_caption
+from lib_trainer.dataset.captions.caption_set import CaptionSet
+from lib_trainer.dataset.captions.sidecar import caption_path, read_caption
 from lib_trainer.dataset.tagging import (
     EXISTING_MODES, TaggingUnavailable, available_taggers, caption_pictures, combine, no_tagger_message,
 )

@@ -1,4 +1,4 @@
-"""The job runner (lib_trainer/jobs.py) with the real trainer on the tiny SD1 model, and a misbehaving fake one."""
+"""The job runner (lib_trainer/jobs/) with the real trainer on the tiny SD1 model, and a misbehaving fake one."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Preview grids (lib_trainer/preview.py): grid assembly on synthetic cells, and real runs through the standalone
+"""Preview grids (lib_trainer/preview/): grid assembly on synthetic cells, and real runs through the standalone
 host on a LoRA trained by the real trainer (tiny SD1, 64 px)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Projects, versions, names, trash and output names (lib_trainer/projects.py, lib_trainer/names.py)."""
+"""Projects, versions, names, trash and output names (lib_trainer/projects.py, lib_trainer/common/names.py)."""
 import json
 import threading
 

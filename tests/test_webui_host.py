@@ -1,4 +1,4 @@
-"""Unit tests of lib_trainer/hosts/webui.py against a small double of the WebUI's ``modules`` package.
+"""Unit tests of lib_trainer/hosts/webui/ against a small double of the WebUI's ``modules`` package.
 
 The double mimics the few behaviours of AUTOMATIC1111 1.10.1 (and Forge) that the adapter relies on, read from
 their code: ``override_settings`` applied during ``process_images`` and restored after it, ``<lora:NAME:w>`` found
@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from lib_trainer.hosts.base import PREVIEW_FOLDER, HostError, HostInterrupted, LoraSpec, Txt2ImgRequest
-from lib_trainer.hosts import webui as webui_module
-from lib_trainer.hosts.webui import WebUIHost, lora_family, parse_lora_hashes
+from lib_trainer.hosts.webui.host import WebUIHost
+from lib_trainer.hosts.webui.loras import lora_family, lora_module_names, parse_lora_hashes
 
 SD1_KEYS = ["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.transformer.text_model.x.weight"]
 SD2_KEYS = ["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.ln_final.weight"]
@@ -269,7 +269,7 @@ class FakeWebUI:
                     errors.append(f"{name} (1)")
                 else:
                     found.append(name)
-                    file_modules = webui_module.lora_module_names(self.networks_available[name])
+                    file_modules = lora_module_names(self.networks_available[name])
                     kept = list(file_modules)[:-1] if name in self.unfit_networks else list(file_modules)
                     self.loaded_networks.append(Network(name, {m: object() for m in kept}))
             seed = p.seed if p.seed >= 0 else 4242

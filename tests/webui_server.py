@@ -9,7 +9,7 @@ How the WebUI host is tested against a real WebUI (``TRAIN_TOOLS_WEBUI_DIR=/path
   and a local CLIP text-encoder config beside it, since the machine is offline), its Lora folder, and an
   ``extensions/`` folder with two symlinks made for the run: this repository (the real extension) and
   ``tests/webui_probe`` (a test-only extension). Everything is removed when the process ends.
-- The test-only extension exposes the real ``lib_trainer.hosts.webui.WebUIHost`` — constructed inside the WebUI
+- The test-only extension exposes the real ``lib_trainer.hosts.webui.host.WebUIHost`` — constructed inside the WebUI
   process, using the real ``modules``, queue lock and Lora extension — as one HTTP route. :class:`RemoteHost` is a
   ``Host`` that forwards each call there, so ``tests/host_contract.py`` runs unchanged against the real WebUI.
   Interrupt events are forwarded too: setting the event asks the server to set the request's own event.

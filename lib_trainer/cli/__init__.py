@@ -13,7 +13,7 @@ document on stdout; commands with progress print JSON lines first, the result la
 2 usage error, 130 stopped with Ctrl-C.
 
 The host is the standalone one (``lib_trainer.hosts.standalone``): no tagger, txt2img on diffusers. Training runs
-through ``lib_trainer.jobs.JobRunner`` in a background ``worker`` process (the trainer outlives a closed terminal;
+through ``lib_trainer.jobs.runner.JobRunner`` in a background ``worker`` process (the trainer outlives a closed terminal;
 ``train --detach`` returns at once and ``status --follow`` shows the run again). Heavy modules are imported inside
 the commands, so ``--help`` stays instant.
 

@@ -106,7 +106,8 @@ def _preprocess(args: argparse.Namespace, out: Output, version) -> Dict[str, Any
 # ---------------------------------------------------------------------------------------------- caption
 
 def cmd_caption(args: argparse.Namespace, out: Output) -> int:
-    from lib_trainer.dataset.captions import CaptionSet, split_tags
+    from lib_trainer.dataset.captions.caption_set import CaptionSet
+    from lib_trainer.dataset.captions.tags import parse_tags
 
     ws = open_workspace(args)
     version = find_version(ws, args.target)
@@ -142,7 +143,7 @@ def cmd_caption(args: argparse.Namespace, out: Output) -> int:
     if args.trigger:
         previous = version_settings(version).get("trigger") or None
         result = cs.set_trigger_word(args.trigger, previous=previous)
-        trigger = ", ".join(split_tags(args.trigger))
+        trigger = ", ".join(parse_tags(args.trigger))
         update_settings(version, trigger=trigger, keep_tokens=result.keep_tokens)
         _record_edit(out, cs, document, result)
         document["trigger"] = trigger

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
-from lib_trainer.dataset.captions import (
-    caption_lock, journal_path_for, list_pictures, preset_kind, relocate_journal,
-)
+from lib_trainer.dataset.captions.journal import caption_lock, journal_path_for, relocate_journal
+from lib_trainer.dataset.captions.sidecar import list_pictures
+from lib_trainer.dataset.captions.suggestions import preset_kind
 from lib_trainer.common.i18n import tr
 from lib_trainer.common.names import InvalidName, validate_name
 from lib_trainer.trainer.folders import parse_folder_name

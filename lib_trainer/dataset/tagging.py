@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
-from lib_trainer.dataset.captions import (
-    CAPTION_EXTENSION, BulkEdit, CaptionSet, EditResult, join_tags, journal_path_for, merge_tags, read_tags,
-    split_tags,
-)
+from lib_trainer.dataset.captions.caption_set import CaptionSet
+from lib_trainer.dataset.captions.journal import BulkEdit, EditResult, journal_path_for
+from lib_trainer.dataset.captions.sidecar import CAPTION_EXTENSION, read_tags
+from lib_trainer.dataset.captions.tags import join_tags, merge_tags, parse_tags
 from lib_trainer.hosts.base import HostError, TaggerInfo
 from lib_trainer.common.i18n import tr
 from lib_trainer.trainer.folders import open_rgb
@@ -172,7 +172,7 @@ def caption_pictures(
         return report
     if journal is None:
         journal = journal_path_for(os.path.commonpath([str(p.parent) for p in paths]))
-    trigger = join_tags(split_tags(trigger_word)) or None
+    trigger = join_tags(parse_tags(trigger_word)) or None
 
     started = time.monotonic()
     title = tr("Caption with {tagger}", tagger=info.title)
@@ -210,7 +210,7 @@ def _caption_one(host: Any, info: TaggerInfo, picture: Path, threshold: Optional
         return
     finally:
         image.close()
-    new = split_tags([str(t) for t in (raw or [])], underscores_to_spaces=underscores_to_spaces)
+    new = parse_tags([str(t) for t in (raw or [])], underscores_to_spaces=underscores_to_spaces)
     if not new:
         report.no_tags.append(picture)
         return

@@ -1,7 +1,7 @@
 """The host protocol: the contract between the core of Train Tools and the program that draws images.
 
 Everything in lib_trainer that needs the WebUI goes through a :class:`Host`. Two implementations exist:
-``hosts/webui.py`` (AUTOMATIC1111 1.10 / Forge, inside the WebUI process) and ``hosts/standalone.py`` (diffusers,
+``hosts/webui/`` (AUTOMATIC1111 1.10 / Forge, inside the WebUI process) and ``hosts/standalone.py`` (diffusers,
 for the standalone app, the CLI and the tests). ``tests/host_contract.py`` runs the same checks against both, so
 the docstrings below are the contract: an adapter that passes them may be used by the core without special cases.
 

@@ -25,12 +25,12 @@ import random
 import re
 from typing import List
 
-__all__ = ["split_tags", "normalize_caption", "process_caption"]
+__all__ = ["split_caption", "normalize_caption", "process_caption"]
 
 _WHITESPACE = re.compile(r"\s+")
 
 
-def split_tags(caption: str, separator: str = ",") -> List[str]:
+def split_caption(caption: str, separator: str = ",") -> List[str]:
     """Split ``caption`` on ``separator``; each tag stripped with inner whitespace collapsed; empty tags removed."""
     if not separator:
         raise ValueError("caption separator must not be empty")
@@ -44,7 +44,7 @@ def split_tags(caption: str, separator: str = ",") -> List[str]:
 
 def normalize_caption(caption: str, separator: str = ",") -> str:
     """The caption with whitespace normalised and empty tags removed, tags joined with ``", "``."""
-    return ", ".join(split_tags(caption, separator))
+    return ", ".join(split_caption(caption, separator))
 
 
 def _check_rate(name: str, value: float) -> float:
@@ -103,11 +103,11 @@ def process_caption(
         if keep_tokens_separator in rest:
             rest, tail = rest.split(keep_tokens_separator, 1)
             # Any further separators in the tail are just removed.
-            fixed_tail = split_tags(tail.replace(keep_tokens_separator, caption_separator), caption_separator)
-        fixed_head = split_tags(head, caption_separator)
-        flex = split_tags(rest, caption_separator)
+            fixed_tail = split_caption(tail.replace(keep_tokens_separator, caption_separator), caption_separator)
+        fixed_head = split_caption(head, caption_separator)
+        flex = split_caption(rest, caption_separator)
     else:
-        tags = split_tags(caption, caption_separator)
+        tags = split_caption(caption, caption_separator)
         fixed_head, flex = tags[:keep_tokens], tags[keep_tokens:]
 
     if shuffle:

@@ -50,7 +50,7 @@ class CaptionsPanel:
 
 # ---- logic -----------------------------------------------------------------------------------------------------
 def caption_set(version: Version):
-    from lib_trainer.dataset.captions import CaptionSet
+    from lib_trainer.dataset.captions.caption_set import CaptionSet
 
     return CaptionSet(version.train_dir, trigger_word=version_settings.trigger_word(version) or None)
 
@@ -144,7 +144,7 @@ def on_save_caption(ctx: UIContext, project: Optional[str], version_name: Option
     version = ctx.version(project, version_name)
     if version is None or not selected:
         return on_refresh(ctx, project, version_name, messages.error(tr("Click a picture first.")))
-    from lib_trainer.dataset.captions import CaptionError
+    from lib_trainer.dataset.captions.sidecar import CaptionError
 
     try:
         result = caption_set(version).edit_caption(selected, text or "")
@@ -174,7 +174,8 @@ def _scope(scope_label: Any, selected: Optional[str]) -> Optional[List[str]]:
 def on_tool(ctx: UIContext, tool: str, project: Optional[str], version_name: Optional[str], scope_label: Any,
             selected: Optional[str], *args: Any) -> Tuple[Any, ...]:
     """Run one bulk tag tool; returns the refreshed panel with the tool's message."""
-    from lib_trainer.dataset.captions import CaptionError, split_tags
+    from lib_trainer.dataset.captions.sidecar import CaptionError
+    from lib_trainer.dataset.captions.tags import parse_tags
 
     version = ctx.version(project, version_name)
     if version is None:
@@ -190,7 +191,7 @@ def on_tool(ctx: UIContext, tool: str, project: Optional[str], version_name: Opt
             result = captions.set_trigger_word(word, pictures, previous=previous)
             train = version_settings.get(version, "train", {}) or {}
             train.setdefault("fields", {})["keep_tokens"] = result.keep_tokens
-            version_settings.put(version, trigger=", ".join(split_tags(word)), train=train)
+            version_settings.put(version, trigger=", ".join(parse_tags(word)), train=train)
         elif tool == "add":
             result = captions.add_tags(str(args[0] or ""), pictures, at_start=bool(args[1]) if len(args) > 1 else False)
         elif tool == "remove":
@@ -200,7 +201,7 @@ def on_tool(ctx: UIContext, tool: str, project: Optional[str], version_name: Opt
             old, new = str(args[0] or "").strip(), str(args[1] or "")
             if not old:
                 raise CaptionError(tr("Type the tag to replace."))
-            result = captions.replace_tags({t: new for t in split_tags(old)}, pictures)
+            result = captions.replace_tags({t: new for t in parse_tags(old)}, pictures)
         elif tool == "dedupe":
             result = captions.remove_duplicates(pictures)
         elif tool == "sort":
@@ -240,7 +241,7 @@ def tagger_state(ctx: UIContext) -> Tuple[List[str], str]:
 def on_caption(ctx: UIContext, project: Optional[str], version_name: Optional[str], tagger_title: Optional[str],
                threshold: Any, existing_label: Any, progress: Any = None) -> Tuple[Any, ...]:
     """Caption every training picture with the chosen tagger."""
-    from lib_trainer.dataset.captions import CaptionError
+    from lib_trainer.dataset.captions.sidecar import CaptionError
     from lib_trainer.dataset.tagging import available_taggers, caption_pictures, no_tagger_message
 
     version = ctx.version(project, version_name)

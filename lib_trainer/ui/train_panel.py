@@ -153,7 +153,8 @@ def _form(values: Sequence[Any]) -> Dict[str, Any]:
 
 
 def first_caption(version: Version) -> str:
-    from lib_trainer.dataset.captions import CaptionSet, join_tags
+    from lib_trainer.dataset.captions.caption_set import CaptionSet
+    from lib_trainer.dataset.captions.tags import join_tags
 
     captions = CaptionSet(version.train_dir)
     for tags in captions.captions().values():
@@ -303,10 +304,12 @@ def on_train(ctx: UIContext, project: Optional[str], version_name: Optional[str]
 
 def _apply_trigger(version: Version, trigger: str) -> str:
     """Make the form's trigger word the captions' first tag (one undoable edit); returns what happened."""
-    from lib_trainer.dataset.captions import CaptionError, CaptionSet, split_tags
+    from lib_trainer.dataset.captions.caption_set import CaptionSet
+    from lib_trainer.dataset.captions.sidecar import CaptionError
+    from lib_trainer.dataset.captions.tags import parse_tags
 
     previous = version_settings.trigger_word(version) or None
-    words = ", ".join(split_tags(trigger))
+    words = ", ".join(parse_tags(trigger))
     train = stored_train(version)
     if not words:
         version_settings.put(version, trigger="")

@@ -2,7 +2,7 @@
 
 tests/webui_server.py links this folder into the extensions folder of a temporary WebUI data dir (never into a
 WebUI install) and drives it from the test process through ``RemoteHost``. Every call runs the real
-``lib_trainer.hosts.webui.WebUIHost`` inside the WebUI process: real ``modules``, real queue lock, real Lora
+``lib_trainer.hosts.webui.host.WebUIHost`` inside the WebUI process: real ``modules``, real queue lock, real Lora
 extension. It only listens where the WebUI listens (the tests start it on 127.0.0.1).
 """
 import base64
@@ -39,7 +39,7 @@ def on_app_started(_demo, app):
     from fastapi import Body
 
     from lib_trainer.hosts.base import HostError, HostInterrupted, LoraSpec, Txt2ImgRequest
-    from lib_trainer.hosts.webui import WebUIHost
+    from lib_trainer.hosts.webui.host import WebUIHost
 
     host = WebUIHost()
     events: dict = {}
