@@ -114,7 +114,8 @@ def test_training_and_preview_through_the_extensions_own_api(hut, server):
     import time
 
     from lib_trainer.preview.cells import load_manifest
-    from lib_trainer.preview.config import PreviewConfig, save_config
+    from lib_trainer.preview.config import PreviewConfig
+    from lib_trainer.preview.config import save_config as save_preview_config
     from lib_trainer.projects import Workspace
     from lib_trainer.trainer.schema import TrainConfig, save_config
     from tests.trainer_fixtures import make_dataset
@@ -129,8 +130,8 @@ def test_training_and_preview_through_the_extensions_own_api(hut, server):
         resolution="64,64", max_train_epochs=2, save_every_n_epochs=1, train_batch_size=2, network_dim=4,
         network_alpha=4.0, learning_rate=5e-2, seed=1234, events_file=str(version.events_path),
     ), version.config_path)
-    save_config(version, PreviewConfig(prompts=["dog, red ball"], weights=[0.5, 1.0], steps=3,
-                                                       width=64, height=64, seed=1234))
+    save_preview_config(version, PreviewConfig(prompts=["dog, red ball"], weights=[0.5, 1.0], steps=3,
+                                               width=64, height=64, seed=1234))
 
     job = server.post("/train_tools/v1/jobs", {"project": "webui_e2e", "version": "v1"})
     assert job["status"] in ("queued", "running"), job
