@@ -366,3 +366,69 @@ def test_undo_never_writes_outside_the_dataset(train, tmp_path):
     result = cs.undo()
     assert len(result.restored) == 5
     assert outside.read_text(encoding="utf-8") == "keep me"
+
+
+# ---- what the messages say ------------------------------------------------------------------------------------
+def test_keep_tokens_is_told_only_when_it_changes(train):
+    cs = CaptionSet(train)
+    kept = cs.set_trigger_word("sks", keep_tokens_now=1)
+    assert kept.keep_tokens == 1 and "keep_tokens" not in kept.message
+    assert kept.message == "Trigger word sks: 5 caption(s) changed. Undo puts them back."
+    changed = cs.set_trigger_word("ohwx dog, 柴犬", previous="sks", keep_tokens_now=1)
+    assert changed.keep_tokens == 2
+    assert changed.message == ("Trigger word ohwx dog, 柴犬: 5 caption(s) changed. Undo puts them back. "
+                               "keep_tokens is now 2 (it was 1), so that caption shuffling and tag dropout leave "
+                               "the trigger word in front.")
+    unknown = cs.set_trigger_word("ohwx dog, 柴犬", previous="ohwx dog, 柴犬")
+    assert unknown.message == ("Trigger word ohwx dog, 柴犬: no caption needed a change. keep_tokens is now 2, so "
+                               "that caption shuffling and tag dropout leave the trigger word in front.")
+
+
+def test_the_undo_label_is_shown_in_the_language_of_the_page(train):
+    from lib_trainer.common import i18n
+
+    i18n.set_language("zh_CN")
+    try:
+        made = CaptionSet(train).add_tags("sks")
+        assert made.label == "添加 sks"  # the edit's own message speaks the language it was made in
+    finally:
+        i18n.set_language(None)
+    assert CaptionSet(train).last_edit().label == "Add sks"
+    i18n.set_language("zh_CN")
+    try:
+        assert CaptionSet(train).last_edit().label == "添加 sks"
+    finally:
+        i18n.set_language(None)
+    assert CaptionSet(train).undo().label == "Add sks"
+
+
+def test_a_journal_written_before_label_templates_keeps_its_label(train):
+    cs = CaptionSet(train)
+    cs.add_tags("sks")
+    journal = json.loads(cs.journal.read_text(encoding="utf-8"))
+    del journal["label_template"]
+    journal["label"] = "添加 sks"
+    cs.journal.write_text(json.dumps(journal, ensure_ascii=False), encoding="utf-8")
+    assert cs.last_edit().label == "添加 sks"
+    result = cs.undo()
+    assert result.label == "添加 sks" and len(result.restored) == 5
+
+
+def test_every_edit_label_has_a_chinese_translation():
+    import ast
+
+    from lib_trainer.common import i18n
+
+    root = Path(__file__).resolve().parents[1]
+    table = i18n.load_table("zh_CN")
+    templates = []
+    for path in sorted((root / "lib_trainer").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "EditLabel":
+                for arg in node.args[:1]:
+                    if isinstance(arg, ast.IfExp):
+                        templates += [arg.body.value, arg.orelse.value]
+                    elif isinstance(arg, ast.Constant):
+                        templates.append(arg.value)
+    assert len(templates) >= 10
+    assert [t for t in templates if t not in table] == []

@@ -93,3 +93,26 @@ def test_captioning_with_the_hosts_tagger_keeps_existing_captions_when_asked(tmp
     assert captions_of(version) == ["dog, solo", "dog, solo", "mine"]
     captions_panel.on_caption(ctx, "dog", "v1", "Paint tagger", 0.5, captions_panel.EXISTING_CHOICES.label("append"))
     assert captions_of(version) == ["dog, solo", "dog, solo", "mine, dog, solo"]
+
+
+def test_the_trigger_word_tells_of_keep_tokens_only_when_it_changes(tmp_path):
+    ctx, version = prepared(tmp_path)
+    out = captions_panel.on_tool(ctx, "trigger", "dog", "v1", ALL, None, "sks_dog")
+    assert "keep_tokens" not in out[-1]  # the preset's keep_tokens is 1 already
+    out = captions_panel.on_tool(ctx, "trigger", "dog", "v1", ALL, None, "sks_dog")
+    assert "no caption needed a change" in out[-1] and "keep_tokens" not in out[-1]
+    out = captions_panel.on_tool(ctx, "trigger", "dog", "v1", ALL, None, "ohwx, dog")
+    assert "keep_tokens is now 2 (it was 1)" in out[-1]
+    assert version_settings.get(version, "train")["fields"]["keep_tokens"] == 2
+
+
+def test_the_undo_button_speaks_the_language_of_the_page(tmp_path):
+    from lib_trainer.common import i18n
+
+    ctx, version = prepared(tmp_path)
+    i18n.set_language("zh_CN")
+    try:
+        captions_panel.on_tool(ctx, "add", "dog", "v1", ALL, None, "dog")
+    finally:
+        i18n.set_language(None)
+    assert value(captions_panel.undo_label(version)) == 'Undo "Add dog"'

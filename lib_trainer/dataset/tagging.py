@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 from lib_trainer.dataset.captions.caption_set import CaptionSet
-from lib_trainer.dataset.captions.journal import BulkEdit, EditResult, journal_path_for
+from lib_trainer.dataset.captions.journal import BulkEdit, EditLabel, EditResult, journal_path_for
 from lib_trainer.dataset.captions.sidecar import CAPTION_EXTENSION, read_tags
 from lib_trainer.dataset.captions.tags import join_tags, merge_tags, parse_tags
 from lib_trainer.hosts.base import HostError, TaggerInfo
@@ -175,8 +175,8 @@ def caption_pictures(
     trigger = join_tags(parse_tags(trigger_word)) or None
 
     started = time.monotonic()
-    title = tr("Caption with {tagger}", tagger=info.title)
-    edit = BulkEdit(journal, "caption", title, extension=extension, flush_every=16)
+    edit = BulkEdit(journal, "caption", EditLabel("Caption with {tagger}", {"tagger": info.title}),
+                    extension=extension, flush_every=16)
     with edit:
         for index, picture in enumerate(paths):
             if _stopped(stop):

@@ -188,7 +188,8 @@ def on_tool(ctx: UIContext, tool: str, project: Optional[str], version_name: Opt
         if tool == "trigger":
             word = str(args[0] or "").strip()
             previous = version_settings.trigger_word(version) or None
-            result = captions.set_trigger_word(word, pictures, previous=previous)
+            result = captions.set_trigger_word(word, pictures, previous=previous,
+                                               keep_tokens_now=_keep_tokens_in_use(ctx, version))
             train = version_settings.get(version, "train", {}) or {}
             train.setdefault("fields", {})["keep_tokens"] = result.keep_tokens
             version_settings.put(version, trigger=", ".join(parse_tags(word)), train=train)
@@ -214,6 +215,16 @@ def on_tool(ctx: UIContext, tool: str, project: Optional[str], version_name: Opt
     except (CaptionError, ValueError, OSError) as exc:
         return _after_tool(ctx, project, version_name, selected, messages.error(str(exc)))
     return _after_tool(ctx, project, version_name, selected, messages.ok(result.message.strip()))
+
+
+def _keep_tokens_in_use(ctx: UIContext, version: Version) -> Optional[int]:
+    """The keep_tokens the Train step's form holds for the version (saved, else its preset's); None if unknown."""
+    from lib_trainer.ui.train_panel import load_form
+
+    try:
+        return int(load_form(ctx, version)[3].get("keep_tokens") or 0)
+    except Exception:
+        return None
 
 
 def _after_tool(ctx: UIContext, project: Optional[str], version_name: Optional[str], selected: Optional[str],

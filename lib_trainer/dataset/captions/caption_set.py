@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from lib_trainer.common.i18n import tr
-from lib_trainer.dataset.captions.journal import (BulkEdit, CaptionLock, EditInfo, EditResult, UndoResult,
-                                                  journal_path_for, last_edit, undo_last_edit)
+from lib_trainer.dataset.captions.journal import (BulkEdit, CaptionLock, EditInfo, EditLabel, EditResult,
+                                                  UndoResult, journal_path_for, last_edit, undo_last_edit)
 from lib_trainer.dataset.captions.sidecar import (CAPTION_EXTENSION, CaptionError, PictureRef, caption_path,
                                                   list_pictures, normalise_extension, picture_folders, read_caption,
                                                   read_tags, write_caption)
@@ -69,20 +69,26 @@ class CaptionSet:
 
     # tools
     def set_trigger_word(self, word: str, pictures: Optional[Iterable[PictureRef]] = None, *,
-                         previous: Optional[str] = None) -> EditResult:
+                         previous: Optional[str] = None, keep_tokens_now: Optional[int] = None) -> EditResult:
         """Make ``word`` the first tag of each caption (other copies of it are removed; so is ``previous``, an
-        earlier trigger word, when given). The result's ``keep_tokens`` is the value that protects it."""
+        earlier trigger word, when given). The result's ``keep_tokens`` is the value that protects it, which the
+        caller puts in the training settings; ``keep_tokens_now`` is the value they hold now (None: unknown), and
+        the message tells of keep_tokens only when the two differ."""
         trigger = parse_tags(word)
         if not trigger:
             raise CaptionError(tr("The trigger word is empty: type a word, such as a name nobody uses (sks_dog)."))
         drop = {tag_key(t) for t in trigger} | {tag_key(t) for t in parse_tags(previous)}
         keep_tokens = len(trigger)
         self.trigger_word = join_tags(trigger)
-        result = self._edit("set_trigger_word", tr("Trigger word \"{word}\"", word=self.trigger_word), pictures,
-                            lambda tags: trigger + [t for t in tags if tag_key(t) not in drop])
+        result = self._edit("set_trigger_word", EditLabel("Trigger word {word}", {"word": self.trigger_word}),
+                            pictures, lambda tags: trigger + [t for t in tags if tag_key(t) not in drop])
         result.keep_tokens = keep_tokens
-        result.message += " " + tr("Set keep_tokens to {n} so that training never shuffles or drops it.",
-                                   n=keep_tokens)
+        if keep_tokens_now is None:
+            result.message += " " + tr("keep_tokens is now {n}, so that caption shuffling and tag dropout leave "
+                                       "the trigger word in front.", n=keep_tokens)
+        elif keep_tokens_now != keep_tokens:
+            result.message += " " + tr("keep_tokens is now {n} (it was {old}), so that caption shuffling and tag "
+                                       "dropout leave the trigger word in front.", n=keep_tokens, old=keep_tokens_now)
         return result
 
     def add_tags(self, tags: Union[str, Sequence[str]], pictures: Optional[Iterable[PictureRef]] = None, *,
@@ -103,15 +109,15 @@ class CaptionSet:
                 return old[:head] + extra + old[head:]
             return old + extra
 
-        return self._edit("add_tags", tr("Add {tags}", tags=join_tags(new)), pictures, apply)
+        return self._edit("add_tags", EditLabel("Add {tags}", {"tags": join_tags(new)}), pictures, apply)
 
     def remove_tags(self, tags: Union[str, Sequence[str]],
                     pictures: Optional[Iterable[PictureRef]] = None) -> EditResult:
         gone = {tag_key(t) for t in parse_tags(tags)}
         if not gone:
             raise CaptionError(tr("No tag to remove: type or pick one or more tags."))
-        return self._edit("remove_tags", tr("Remove {tags}", tags=join_tags(parse_tags(tags))), pictures,
-                          lambda old: [t for t in old if tag_key(t) not in gone])
+        return self._edit("remove_tags", EditLabel("Remove {tags}", {"tags": join_tags(parse_tags(tags))}),
+                          pictures, lambda old: [t for t in old if tag_key(t) not in gone])
 
     def replace_tags(self, mapping: Mapping[str, Union[str, Sequence[str]]],
                      pictures: Optional[Iterable[PictureRef]] = None) -> EditResult:
@@ -150,11 +156,11 @@ class CaptionSet:
             return result
 
         label = ", ".join(f"{old} → {join_tags(parse_tags(new)) or '∅'}" for old, new in mapping.items())
-        return self._edit("replace_tags", tr("Replace {what}", what=label), pictures, apply)
+        return self._edit("replace_tags", EditLabel("Replace {what}", {"what": label}), pictures, apply)
 
     def remove_duplicates(self, pictures: Optional[Iterable[PictureRef]] = None) -> EditResult:
         """Keep the first of tags that are the same (case and ``_`` vs. space ignored)."""
-        return self._edit("remove_duplicates", tr("Remove duplicate tags"), pictures, dedupe_tags)
+        return self._edit("remove_duplicates", EditLabel("Remove duplicate tags"), pictures, dedupe_tags)
 
     def sort_tags(self, order: str = "alphabetical", pictures: Optional[Iterable[PictureRef]] = None, *,
                   keep_first: Optional[int] = None) -> EditResult:
@@ -179,14 +185,14 @@ class CaptionSet:
             head = self._protected(old) if keep_first is None else min(keep_first, len(old))
             return old[:head] + sorted(old[head:], key=key)
 
-        label = tr("Sort tags by frequency") if order == "frequency" else tr("Sort tags alphabetically")
+        label = EditLabel("Sort tags by frequency" if order == "frequency" else "Sort tags alphabetically")
         return self._edit("sort_tags", label, pictures, apply)
 
     def clean_tags(self, pictures: Optional[Iterable[PictureRef]] = None, *,
                    underscores_to_spaces: bool = False) -> EditResult:
         """Rewrite captions in the normal form (``a, b, c``); with ``underscores_to_spaces`` ``long_hair``
         becomes ``long hair`` (as the WebUI's deepbooru option writes it)."""
-        label = tr("Underscores to spaces") if underscores_to_spaces else tr("Tidy captions")
+        label = EditLabel("Underscores to spaces" if underscores_to_spaces else "Tidy captions")
         selected = self._select(pictures)
         with BulkEdit(self.journal, "clean_tags", label, extension=self.extension) as edit:
             for picture in selected:
@@ -257,7 +263,7 @@ class CaptionSet:
                                   count=len(unknown), names=shown))
         return chosen
 
-    def _edit(self, action: str, label: str, pictures: Optional[Iterable[PictureRef]], change) -> EditResult:
+    def _edit(self, action: str, label: EditLabel, pictures: Optional[Iterable[PictureRef]], change) -> EditResult:
         selected = self._select(pictures)
         with BulkEdit(self.journal, action, label, extension=self.extension) as edit:
             for picture in selected:

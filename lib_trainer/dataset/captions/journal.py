@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from lib_trainer.common.files import atomic_write_bytes, atomic_write_json, read_json
 from lib_trainer.common.i18n import tr
@@ -91,6 +91,36 @@ def _decode_content(value: object) -> Optional[bytes]:
     return str(value).encode("utf-8")
 
 
+@dataclass(frozen=True)
+class EditLabel:
+    """What a bulk edit is called ("Add {tags}"), kept as its English template and values so that it is
+    translated each time it is shown: the Undo button speaks the language of the page, not the one the edit was
+    made in. Every template is a :func:`tr` key (its translation sits beside the other messages)."""
+
+    template: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return tr(self.template, **self.values)
+
+    def to_json(self) -> dict:
+        return {"template": self.template, "values": {k: str(v) for k, v in self.values.items()}}
+
+    @classmethod
+    def from_json(cls, data: object) -> Optional["EditLabel"]:
+        if not isinstance(data, dict) or not isinstance(data.get("template"), str):
+            return None
+        values = data.get("values")
+        return cls(data["template"], {str(k): v for k, v in values.items()} if isinstance(values, dict) else {})
+
+
+def label_text(data: dict) -> str:
+    """The label of a journal, in the current language; a journal written before labels were kept as templates
+    has only its text."""
+    label = EditLabel.from_json(data.get("label_template"))
+    return str(label) if label is not None else str(data.get("label", ""))
+
+
 @dataclass
 class EditResult:
     """What one bulk edit changed."""
@@ -144,7 +174,7 @@ class BulkEdit:
 
     ::
 
-        with BulkEdit(journal, "remove_tags", tr("Remove tags")) as edit:
+        with BulkEdit(journal, "remove_tags", EditLabel("Remove {tags}", {"tags": "dog"})) as edit:
             edit.stage(picture, ["sks", "dog"])   # new tags (or caption text) of one picture
         edit.result.changed
 
@@ -154,11 +184,13 @@ class BulkEdit:
     edit really changes a file, so an edit that changes nothing keeps the last undo available.
     """
 
-    def __init__(self, journal: PictureRef, action: str, label: str, *, extension: str = CAPTION_EXTENSION,
-                 flush_every: int = 32, flush_seconds: float = 2.0, lock_timeout: Optional[float] = None):
+    def __init__(self, journal: PictureRef, action: str, label: Union[EditLabel, str], *,
+                 extension: str = CAPTION_EXTENSION, flush_every: int = 32, flush_seconds: float = 2.0,
+                 lock_timeout: Optional[float] = None):
         self.journal = Path(os.path.abspath(journal))
         self.extension = normalise_extension(extension)
-        self.result = EditResult(action=action, label=label)
+        self.label = label if isinstance(label, EditLabel) else None  # a plain text stays in its language
+        self.result = EditResult(action=action, label=str(label))
         self._flush_every = max(1, int(flush_every))
         self._flush_seconds = flush_seconds
         self._lock = CaptionLock(self.journal, lock_timeout)
@@ -209,7 +241,8 @@ class BulkEdit:
         atomic_write_json(self.journal, {
             "format": 1,
             "action": self.result.action,
-            "label": self.result.label,
+            "label": self.result.label,  # what older versions show
+            "label_template": self.label.to_json() if self.label is not None else None,
             "extension": self.extension,
             "time": time.time(),
             "files": list(self._entries.values()),
@@ -225,7 +258,7 @@ def last_edit(journal: PictureRef) -> Optional[EditInfo]:
     data = _load_journal(Path(journal))
     if data is None:
         return None
-    return EditInfo(action=str(data.get("action", "")), label=str(data.get("label", "")),
+    return EditInfo(action=str(data.get("action", "")), label=label_text(data),
                     time=float(data.get("time", 0.0)), files=len(data["files"]))
 
 
@@ -240,7 +273,7 @@ def undo_last_edit(journal: PictureRef) -> UndoResult:
         data = _load_journal(journal)
         if data is None:
             return UndoResult(label="", message=tr("There is no caption edit to undo."))
-        result = UndoResult(label=str(data.get("label", "")))
+        result = UndoResult(label=label_text(data))
         unresolved = []
         for entry in data["files"]:
             rel = Path(str(entry["path"]))
