@@ -1,5 +1,5 @@
 """The dataset panel's callbacks: upload (with a broken file named), folder import, report, preprocess, repeats."""
-from lib_trainer.ui import dataset_panel
+from lib_trainer.ui import compat, dataset_panel
 from tests.ui_support import broken_file, make_context, pictures, value
 
 
@@ -75,3 +75,69 @@ def test_repeats_suggestion_and_changing_the_repeats_of_the_concept(tmp_path):
     assert "7 repeats" in message
     assert (version.train_dir / "7_dog").is_dir() and not (version.train_dir / "10_dog").exists()
     assert value(dataset_panel.on_refresh(ctx, "dog", "v1")[8]) == 7
+
+
+def test_the_report_counts_the_captions_the_trainer_reads(tmp_path):
+    """Import (no captions) → preprocess → caption: the report's caption advice follows dataset/train and goes
+    once the training pictures have captions."""
+    from lib_trainer.ui import captions_panel
+
+    ctx = make_context(tmp_path, taggers=True)
+    new_version(ctx)
+    _, report = dataset_panel.on_import(ctx, "dog", "v1", [str(p) for p in pictures(tmp_path / "up", 3)], "", 64, 64)
+    assert "**3** pictures, 0 with a caption (0%)" in report
+    dataset_panel.on_preprocess(ctx, "dog", "v1", 64, 64, "center", False, False, None, "dog", 2)
+    report = dataset_panel.report_markdown(ctx.version("dog", "v1"), 64, 64)
+    assert "0 of the 3 training pictures have a caption (0%)" in report
+    assert "3 training pictures have no caption (2_dog/dog_00.png, 2_dog/dog_01.png, 2_dog/dog_02.png)" in report
+    captions_panel.on_caption(ctx, "dog", "v1", "Paint tagger", 0.35, captions_panel.EXISTING_CHOICES.label("ignore"))
+    report = dataset_panel.on_refresh(ctx, "dog", "v1")[0]
+    assert "3 of the 3 training pictures have a caption (100%)" in report
+    assert "no caption" not in report and "| dog | 3 |" in report
+    assert "Nothing — the dataset looks ready." not in report  # only 3 pictures: that advice stays
+    assert "Only 3 pictures" in report
+
+
+def test_the_report_follows_the_crop_and_size_of_preprocessing(tmp_path):
+    ctx = make_context(tmp_path)
+    version = new_version(ctx)
+    dataset_panel.on_import(ctx, "dog", "v1", [str(p) for p in pictures(tmp_path / "up", 2, size=(96, 80))], "")
+    cropped = dataset_panel.report_markdown(version, 64, 64, dataset_panel.CROP_CHOICES.label("center"))
+    assert "| 64×64 | 2 | 0 |" in cropped and "upscaled" not in cropped
+    enlarged = dataset_panel.report_markdown(version, 512, 512, "center")
+    assert "| 512×512 | 2 | 2 |" in enlarged and "under 512 px on the short side" in enlarged
+    buckets = dataset_panel.report_markdown(version, 512, 512, "none")  # 96×80 pictures: the 576×448 bucket
+    assert "| 576×448 | 2 | 2 |" in buckets and "| 512×512 |" not in buckets
+
+
+def test_the_repeats_shown_after_an_import_are_a_suggestion_until_applied(tmp_path):
+    ctx = make_context(tmp_path)
+    new_version(ctx)
+    dataset_panel.on_import(ctx, "dog", "v1", [str(p) for p in pictures(tmp_path / "up", 4)], "")
+    suggested, hint = dataset_panel.repeats_hint(ctx, ctx.version("dog", "v1"))
+    assert suggested == 30 and "Suggested for 4 pictures: 30 repeats" in hint
+    assert "Not in use yet" in hint and "4 pictures → 30 repeats" not in hint
+    dataset_panel.on_preprocess(ctx, "dog", "v1", 64, 64, "center", False, False, None, "dog", 10)
+    hint = dataset_panel.on_refresh(ctx, "dog", "v1")[9]
+    assert "A suggestion only: the training pictures (10_dog) use 10 repeats" in hint
+    dataset_panel.on_apply_repeats(ctx, "dog", "v1", "dog", 30)
+    hint = dataset_panel.repeats_hint(ctx, ctx.version("dog", "v1"))[1]
+    assert "In use: the training pictures (30_dog) have these 30 repeats." in hint
+
+
+def test_an_import_message_belongs_to_the_pictures_it_told_of(tmp_path):
+    ctx = make_context(tmp_path)
+    version = new_version(ctx)
+    first = [str(p) for p in pictures(tmp_path / "up", 2)]
+    message, _ = dataset_panel.on_import(ctx, "dog", "v1", first, "")
+    assert "Preprocess" not in message  # no training pictures yet
+    dataset_panel.on_preprocess(ctx, "dog", "v1", 64, 64, "center", False, False, None, "dog", 2)
+    more = [str(p) for p in pictures(tmp_path / "more", 4)][2:]
+    message, _ = dataset_panel.on_import(ctx, "dog", "v1", more, "")
+    assert "2 pictures imported" in message and "again to add them" in message
+    about = dataset_panel.source_stamp(version)
+    report, kept, kept_about = dataset_panel.on_check_again(ctx, "dog", "v1", 64, 64, "center", about)
+    assert kept == compat.unchanged() and kept_about == compat.unchanged()  # nothing changed: the message stays
+    (version.source_dir / "dog_03.png").unlink()
+    report, gone, gone_about = dataset_panel.on_check_again(ctx, "dog", "v1", 64, 64, "center", about)
+    assert gone == "" and gone_about is None and "**3** pictures" in report

@@ -29,7 +29,7 @@ from lib_trainer.trainer.folders import parse_folder_name
 __all__ = [
     "TRAIN_DIR", "REG_DIR", "MAX_REPEATS", "REPEAT_GUIDE", "ConceptError", "Concept",
     "validate_concept_name", "validate_repeats", "concept_folder_name", "concepts_root", "list_concepts",
-    "find_concept", "create_concept", "rename_concept", "set_repeats", "suggest_repeats",
+    "find_concept", "create_concept", "rename_concept", "set_repeats", "suggest_repeats", "repeats_in_use",
 ]
 
 TRAIN_DIR = "train"
@@ -243,7 +243,21 @@ def suggest_repeats(n_pictures: int, preset: Optional[str], batch_size: int = 1)
     steps = -(-uses // batch_size)
     return repeats, tr(
         "{kind}: {low}–{high} repeats (uses of each picture per epoch); fewer pictures need more repeats. "
-        "{n} pictures → {repeats} repeats: one epoch is {n} × {repeats} = {uses} picture uses, "
-        "{steps} steps at batch size {batch}.",
+        "Suggested for {n} pictures: {repeats} repeats, so that one epoch is {n} × {repeats} = {uses} picture "
+        "uses, {steps} steps at batch size {batch}.",
         kind=kind_label, low=low, high=high, n=n_pictures, repeats=repeats, uses=uses, steps=steps,
         batch=batch_size)
+
+
+def repeats_in_use(suggested: int, concept: Optional[Concept]) -> str:
+    """What the suggestion of :func:`suggest_repeats` changes for now: the repeats the training pictures use (the
+    folder's), which stay until "Apply repeats" (or a new "Preprocess") changes them."""
+    if concept is None:
+        return tr("Not in use yet: there are no training pictures; \"Preprocess\" makes them with the repeats in "
+                  "the Repeats field.")
+    if concept.repeats == suggested:
+        return tr("In use: the training pictures ({folder}) have these {repeats} repeats.", folder=concept.folder_name,
+                  repeats=concept.repeats)
+    return tr("A suggestion only: the training pictures ({folder}) use {repeats} repeats until \"Apply repeats\" "
+              "or \"Preprocess\" changes them (\"Suggest repeats\" puts {suggested} in the Repeats field).",
+              folder=concept.folder_name, repeats=concept.repeats, suggested=suggested)

@@ -4,7 +4,9 @@ It reads a folder of pictures — a version's ``dataset/source/``, or ``dataset/
 ``<repeats>_<concept>`` folders — and tells: how many pictures (and which files cannot be read), their sizes and
 aspect ratios, how they fall into aspect-ratio buckets at the chosen resolution (the trainer's own bucket code),
 which are smaller than the training size, which look like near-duplicates (perceptual hashes), how many have
-captions and which tags are most frequent; then a plain-language list of what to fix.
+captions and which tags are most frequent; then a plain-language list of what to fix. The captions counted can
+be those of another tree (``captions_from``): the originals are surveyed in ``dataset/source`` while the captions
+that count are the ones beside the training pictures in ``dataset/train``, which is what the trainer reads.
 
 ``build_report`` returns a :class:`DatasetReport`: ``to_dict()`` is JSON-serialisable, ``to_markdown()`` is what the
 tab shows. Standard library, Pillow and numpy only.
@@ -12,6 +14,7 @@ tab shows. Standard library, Pillow and numpy only.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import math
 import os
 import statistics
@@ -32,6 +35,7 @@ __all__ = [
     "PictureEntry",
     "DatasetReport",
     "build_report",
+    "recount_captions",
     "read_caption",
     "split_caption",
     "dhash",
@@ -193,16 +197,20 @@ class DatasetReport:
     extreme: List[str] = field(default_factory=list)  # wider or taller than 2:1
     near_duplicates: List[List[str]] = field(default_factory=list)
     captioned: int = 0
+    #: Where the captions were counted when not beside the surveyed pictures (the training pictures' folder).
+    caption_folder: str = ""
+    caption_pictures: int = 0  # pictures whose captions were counted (those of caption_folder, or the surveyed)
     uncaptioned: List[str] = field(default_factory=list)
     empty_captions: List[str] = field(default_factory=list)
     tag_frequency: List[Tuple[str, int]] = field(default_factory=list)  # most frequent first
     folders: List[Dict[str, Any]] = field(default_factory=list)  # {"name", "repeats", "concept", "pictures"}
     advice: List[str] = field(default_factory=list)
     entries: List[PictureEntry] = field(default_factory=list)
+    batch_size: int = 1  # the advice's batch size
 
     @property
     def caption_coverage(self) -> float:
-        return self.captioned / self.pictures if self.pictures else 0.0
+        return self.captioned / self.caption_pictures if self.caption_pictures else 0.0
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
@@ -216,8 +224,14 @@ class DatasetReport:
     def to_markdown(self, max_tags: int = 30) -> str:
         w, h = self.resolution
         out: List[str] = [f"### {tr('Dataset report')}", ""]
-        out.append(tr("**{n}** pictures, {captioned} with a caption ({pct:.0f}%), {bad} unreadable.",
-                      n=self.pictures, captioned=self.captioned, pct=100 * self.caption_coverage, bad=len(self.unreadable)))
+        if self.caption_folder:
+            out.append(tr("**{n}** pictures, {bad} unreadable; {captioned} of the {total} training pictures have a "
+                          "caption ({pct:.0f}%).", n=self.pictures, bad=len(self.unreadable), captioned=self.captioned,
+                          total=self.caption_pictures, pct=100 * self.caption_coverage))
+        else:
+            out.append(tr("**{n}** pictures, {captioned} with a caption ({pct:.0f}%), {bad} unreadable.",
+                          n=self.pictures, captioned=self.captioned, pct=100 * self.caption_coverage,
+                          bad=len(self.unreadable)))
         if self.sizes:
             s = self.sizes
             out.append(tr("Short side {min}–{max} px (median {median}); {mp} megapixels on average.",
@@ -334,6 +348,7 @@ def build_report(
     workers: Optional[int] = None,
     progress: Optional[Progress] = None,
     stop: Optional[threading.Event] = None,
+    captions_from: Optional[PathLike] = None,
 ) -> DatasetReport:
     """Survey the pictures in ``folder`` (or several folders) for training at ``resolution``.
 
@@ -342,7 +357,9 @@ def build_report(
     ``.txt``/``.caption``. The bucket plan uses the trainer's own ``make_buckets``; ``min_bucket_reso`` and
     ``max_bucket_reso`` are widened to the resolution when they would exclude it. With ``bucketing=False``
     (preprocessing crops every picture to the resolution) the only bucket is the resolution itself. ``stop`` ends
-    the survey early (the report covers what was read).
+    the survey early (the report covers what was read). ``captions_from``: the folder tree whose captions the
+    trainer reads (a version's ``dataset/train``); when it holds pictures, the captions, the tag frequencies and the
+    caption advice are those of its pictures, named by their path in it.
     """
     roots = [Path(folder)] if isinstance(folder, (str, os.PathLike)) else [Path(f) for f in folder]
     res = (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
@@ -374,8 +391,6 @@ def build_report(
             good.append(item)
     report.pictures = len(good)
 
-    tag_counts: Dict[str, int] = {}
-    tag_display: Dict[str, str] = {}
     for item in good:
         w, h = item.size  # type: ignore[misc]
         if not bucketing:
@@ -388,23 +403,7 @@ def build_report(
         entry = PictureEntry(item.name, w, h, bucket, round(upscale, 4), folder=item.folder,
                              phash=f"{item.phash:016x}" if item.phash is not None else None,
                              dhash=f"{item.dhash:016x}" if item.dhash is not None else None)
-        cap = _caption_file(item.path, cap_exts)
-        if cap is not None:
-            entry.caption_file = cap.name
-            try:
-                entry.tags = split_caption(read_caption(cap))
-            except OSError:
-                entry.tags = []
-            if entry.tags:
-                report.captioned += 1
-            else:
-                report.empty_captions.append(item.name)
-        else:
-            report.uncaptioned.append(item.name)
-        for tag in dict.fromkeys(t.lower() for t in entry.tags):
-            tag_counts[tag] = tag_counts.get(tag, 0) + 1
-        for tag in entry.tags:
-            tag_display.setdefault(tag.lower(), tag)
+        entry.caption_file, entry.tags = _caption_of(item.path, cap_exts)
         if upscale > 1.0:
             report.small.append(item.name)
         ratio = w / h
@@ -412,14 +411,65 @@ def build_report(
             report.extreme.append(item.name)
         report.entries.append(entry)
 
-    report.tag_frequency = sorted(((tag_display[t], n) for t, n in tag_counts.items()), key=lambda tn: (-tn[1], tn[0]))
     _fill_spread(report)
     if near_duplicates and len(good) > 1:
         groups = near_duplicate_groups([i.phash or 0 for i in good], [i.dhash or 0 for i in good],
                                        max_phash=max_phash_distance, max_dhash=max_dhash_distance)
         report.near_duplicates = [[good[i].name for i in g] for g in groups]
-    report.advice = _advice(report, batch_size)
+    report.batch_size = batch_size
+    _count_captions(report, captions_from, cap_exts)
     return report
+
+
+def recount_captions(report: DatasetReport, captions_from: Optional[PathLike] = None,
+                     caption_extension: str = ".txt") -> DatasetReport:
+    """A copy of ``report`` with its captions counted again (in ``captions_from`` when it holds pictures, as in
+    :func:`build_report`) and its advice redone: captions change far more often than the pictures, whose survey
+    (sizes, hashes) is the slow part."""
+    ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
+    fresh = copy.deepcopy(report)
+    fresh.captioned, fresh.caption_folder, fresh.caption_pictures = 0, "", 0
+    fresh.uncaptioned, fresh.empty_captions, fresh.tag_frequency = [], [], []
+    _count_captions(fresh, captions_from, [ext] + [e for e in (".txt", ".caption") if e != ext])
+    return fresh
+
+
+def _caption_of(picture: Path, extensions: Sequence[str]) -> Tuple[Optional[str], List[str]]:
+    """(the caption file's name or None, its tags) as the trainer reads them."""
+    cap = _caption_file(picture, extensions)
+    if cap is None:
+        return None, []
+    try:
+        return cap.name, split_caption(read_caption(cap))
+    except OSError:
+        return cap.name, []
+
+
+def _count_captions(report: DatasetReport, captions_from: Optional[PathLike], extensions: Sequence[str]) -> None:
+    """Coverage, missing and empty captions, tag frequencies and the advice: of the pictures in ``captions_from``
+    when it holds any, else of the surveyed pictures."""
+    training = sorted(iter_images(captions_from, recursive=True)) if captions_from is not None else []
+    if training:
+        report.caption_folder = str(captions_from)
+        pictures = [(p.relative_to(captions_from).as_posix(), _caption_of(p, extensions)) for p in training]
+    else:
+        pictures = [(e.name, (e.caption_file, e.tags)) for e in report.entries]
+    tag_counts: Dict[str, int] = {}
+    tag_display: Dict[str, str] = {}
+    report.caption_pictures = len(pictures)
+    for name, (caption_file, tags) in pictures:
+        if caption_file is None:
+            report.uncaptioned.append(name)
+        elif tags:
+            report.captioned += 1
+        else:
+            report.empty_captions.append(name)
+        for tag in dict.fromkeys(t.lower() for t in tags):
+            tag_counts[tag] = tag_counts.get(tag, 0) + 1
+        for tag in tags:
+            tag_display.setdefault(tag.lower(), tag)
+    report.tag_frequency = sorted(((tag_display[t], n) for t, n in tag_counts.items()), key=lambda tn: (-tn[1], tn[0]))
+    report.advice = _advice(report, report.batch_size)
 
 
 def _fill_spread(report: DatasetReport) -> None:
@@ -497,7 +547,15 @@ def _advice(report: DatasetReport, batch_size: int) -> List[str]:
             "1 group of near-duplicate pictures {names} — keep one, or that picture is learned more than the rest.",
             "{n} groups of near-duplicate pictures {names} — keep one of each, or those pictures are learned more than the rest.",
             names=_names(groups, 3)))
-    if report.uncaptioned and n:
+    if report.uncaptioned and report.caption_folder:
+        advice.append(_plural(
+            len(report.uncaptioned),
+            "1 training picture has no caption ({names}) — caption it, or it trains with its concept's name alone "
+            "as the caption.",
+            "{n} training pictures have no caption ({names}) — caption them, or they train with their concept's "
+            "name alone as the caption.",
+            names=_names(report.uncaptioned)))
+    elif report.uncaptioned and n:
         advice.append(_plural(
             len(report.uncaptioned),
             "1 picture has no caption ({names}) — caption it, or it trains with its folder's name as the caption.",

@@ -25,7 +25,7 @@ CROP_CHOICES = compat.Choices(("center", "focal", "none"), lambda v: {
 BUILT_IN_UPSCALER = "Lanczos"
 UPLOAD_TYPES = ["image", ".zip", ".txt", ".caption", ".webp", ".tif", ".tiff", ".bmp"]
 
-_reports: Dict[tuple, str] = {}
+_reports: Dict[tuple, Any] = {}  # the surveys of _source_survey
 _reports_lock = threading.Lock()
 
 PREPROCESS_DEFAULTS: Dict[str, Any] = {"width": 512, "height": 512, "crop": "center", "flip": False,
@@ -50,10 +50,12 @@ class DatasetPanel:
     preprocess_message: Any
     preprocess_button: Any
     import_done: List[Any]  # the events after which other panels refresh
+    import_about: Any = None  # gr.State: the imported pictures the import message tells of
 
     def refresh_outputs(self) -> List[Any]:
         return [self.report, self.width, self.height, self.crop, self.flip, self.face_crops, self.upscaler,
-                self.concept, self.repeats, self.repeats_hint, self.import_message, self.preprocess_message]
+                self.concept, self.repeats, self.repeats_hint, self.import_message, self.preprocess_message,
+                self.import_about]
 
 
 # ---- logic -----------------------------------------------------------------------------------------------------
@@ -74,34 +76,48 @@ def source_count(version: Optional[Version]) -> int:
     return sum(1 for _ in iter_images(version.source_dir))
 
 
-def report_markdown(version: Optional[Version], width: int = 512, height: int = 512) -> str:
-    """The dataset doctor's report on the version's imported pictures."""
+def report_markdown(version: Optional[Version], width: Any = 512, height: Any = 512, crop: Any = "center") -> str:
+    """The dataset doctor's report: the version's imported pictures as the preprocessing options would make them
+    (cropped to width × height, or in buckets with crop "none"), and the captions of the training pictures, which
+    are what the trainer reads (those of the imported ones until there are training pictures)."""
     if version is None:
         return tr("Pick or create a project to start.")
     if source_count(version) == 0:
         return tr("No pictures yet: drop pictures or a .zip above, or import a folder on the server.")
-    from lib_trainer.dataset.report import build_report
+    from lib_trainer.dataset.report import recount_captions
 
     try:
         w, h = int(width or 512), int(height or 512)
     except (TypeError, ValueError):
         w = h = 512
-    # Reading every picture (sizes, perceptual hashes) takes seconds for a large dataset; the report is only
-    # made again when the pictures or the size change.
-    try:
-        listing = tuple(sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(version.source_dir)))
-    except OSError:
-        listing = ()
-    key = (str(version.source_dir), w, h, listing, current_language())
+    crop = CROP_CHOICES.value(crop, "center")
+    return recount_captions(_source_survey(version, w, h, crop), version.train_dir).to_markdown()
+
+
+def _source_survey(version: Version, w: int, h: int, crop: str) -> Any:
+    """The report on the imported pictures. Reading every picture (sizes, perceptual hashes) takes seconds for a
+    large dataset, so it is only made again when the pictures, the size or the crop change; the captions are
+    counted afresh each time (recount_captions)."""
+    from lib_trainer.dataset.report import build_report
+
+    key = (str(version.source_dir), w, h, crop, source_stamp(version), current_language())
     with _reports_lock:
         cached = _reports.get(key)
     if cached is None:
-        cached = build_report(version.source_dir, (w, h)).to_markdown()
+        buckets = bucket_limits(w, h)
+        cached = build_report(version.source_dir, (w, h), bucketing=crop == "none", min_bucket_reso=buckets[0],
+                              max_bucket_reso=buckets[1])
         with _reports_lock:
             if len(_reports) > 32:
                 _reports.clear()
             _reports[key] = cached
     return cached
+
+
+def bucket_limits(w: int, h: int) -> Tuple[int, int]:
+    """The bucket sizes preprocessing uses for crop "none" (and the report shows): half the short side to twice
+    the long side."""
+    return max(64, min(w, h) // 2), max(w, h) * 2
 
 
 def upscaler_choices(ctx: UIContext) -> List[str]:
@@ -113,8 +129,8 @@ def upscaler_choices(ctx: UIContext) -> List[str]:
 
 
 def repeats_hint(ctx: UIContext, version: Optional[Version], preset: Optional[str] = None) -> Tuple[int, str]:
-    """The suggested repeats for the version's pictures and preset, and why."""
-    from lib_trainer.dataset.concepts import suggest_repeats
+    """The suggested repeats for the version's pictures and preset, why, and what the training pictures use now."""
+    from lib_trainer.dataset.concepts import repeats_in_use, suggest_repeats
 
     train = version_settings.get(version, "train", {}) or {}
     preset = preset or train.get("preset") or ctx.settings.default_preset
@@ -122,7 +138,21 @@ def repeats_hint(ctx: UIContext, version: Optional[Version], preset: Optional[st
         batch = max(1, int(train.get("train_batch_size") or 1))
     except (TypeError, ValueError):
         batch = 1
-    return suggest_repeats(source_count(version), preset, batch)
+    suggested, why = suggest_repeats(source_count(version), preset, batch)
+    if version is None:
+        return suggested, why
+    return suggested, why + "\n\n" + repeats_in_use(suggested, training_concept(version))
+
+
+def training_concept(version: Version, name: Optional[str] = None) -> Any:
+    """The concept folder of the training pictures: the one named ``name`` (default: the one preprocessing makes),
+    else the only one; None when there is none."""
+    from lib_trainer.dataset.concepts import list_concepts
+
+    concepts = list_concepts(version.dataset_dir)
+    wanted = ((name or preprocess_settings(version)["concept"]) or "").strip().casefold()
+    found = next((c for c in concepts if c.name.casefold() == wanted), None)
+    return found if found is not None or len(concepts) != 1 else concepts[0]
 
 
 def on_refresh(ctx: UIContext, project: Optional[str], version_name: Optional[str]) -> Tuple[Any, ...]:
@@ -132,9 +162,9 @@ def on_refresh(ctx: UIContext, project: Optional[str], version_name: Optional[st
     _, why = repeats_hint(ctx, version) if version is not None else (0, "")
     choices = upscaler_choices(ctx)
     upscaler = values["upscaler"] if values["upscaler"] in choices else BUILT_IN_UPSCALER
-    return (report_markdown(version, values["width"], values["height"]), values["width"], values["height"],
-            CROP_CHOICES.label(values["crop"]), bool(values["flip"]), bool(values["face_crops"]),
-            compat.update(choices=choices, value=upscaler), values["concept"], values["repeats"], why, "", "")
+    return (report_markdown(version, values["width"], values["height"], values["crop"]), values["width"],
+            values["height"], CROP_CHOICES.label(values["crop"]), bool(values["flip"]), bool(values["face_crops"]),
+            compat.update(choices=choices, value=upscaler), values["concept"], values["repeats"], why, "", "", None)
 
 
 def import_inputs(files: Any, folder: Optional[str]) -> List[Any]:
@@ -167,7 +197,7 @@ def import_into(ctx: UIContext, inputs: List[Any], target: Path, folder_typed: b
 
 
 def on_import(ctx: UIContext, project: Optional[str], version_name: Optional[str], files: Any, folder: str,
-              width: Any = 512, height: Any = 512, progress: Any = None) -> Tuple[str, str]:
+              width: Any = 512, height: Any = 512, progress: Any = None, crop: Any = "center") -> Tuple[str, str]:
     """Import uploaded files and/or a server folder; returns (import message, dataset report)."""
     version = ctx.version(project, version_name)
     if version is None:
@@ -175,9 +205,33 @@ def on_import(ctx: UIContext, project: Optional[str], version_name: Optional[str
     try:
         inputs = import_inputs(files, folder)
     except ValueError as exc:
-        return messages.error(str(exc)), report_markdown(version, width, height)
+        return messages.error(str(exc)), report_markdown(version, width, height, crop)
+    before = source_stamp(version)
     message = import_into(ctx, inputs, version.source_dir, bool((folder or "").strip()), progress)
-    return message, report_markdown(version, width, height)
+    if source_stamp(version) != before and training_concept(version) is not None:
+        message += messages.info(tr("The training pictures were made before these: press \"Preprocess\" again to "
+                                    "add them."))
+    return message, report_markdown(version, width, height, crop)
+
+
+def source_stamp(version: Optional[Version]) -> Tuple:
+    """What the imported pictures are now (their names, sizes and times): an import message describes one."""
+    if version is None:
+        return ()
+    try:
+        return tuple(sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(version.source_dir)))
+    except OSError:
+        return ()
+
+
+def on_check_again(ctx: UIContext, project: Optional[str], version_name: Optional[str], width: Any, height: Any,
+                   crop: Any, import_about: Any) -> Tuple[str, Any, Any]:
+    """"Check again": the report, and the import message gone when the imported pictures are no longer those it
+    told of (removed or changed since)."""
+    version = ctx.version(project, version_name)
+    stale = import_about is not None and tuple(import_about) != source_stamp(version)
+    return (report_markdown(version, width, height, crop), "" if stale else compat.unchanged(),
+            None if stale else compat.unchanged())
 
 
 def markdown_message(text: str, kind: str) -> str:
@@ -204,8 +258,9 @@ def on_preprocess(ctx: UIContext, project: Optional[str], version_name: Optional
     except (TypeError, ValueError):
         return messages.error(tr("Width, height and repeats must be whole numbers."))
     concept = (concept or "").strip() or version.project.name
+    low, high = bucket_limits(w, h)
     options = PreprocessOptions(width=w, height=h, crop=crop, flip=bool(flip), face_crops=1 if face_crops else 0,
-                                min_bucket_reso=max(64, min(w, h) // 2), max_bucket_reso=max(w, h) * 2)
+                                min_bucket_reso=low, max_bucket_reso=high)
     upscale = None
     if upscaler and upscaler != BUILT_IN_UPSCALER:
         options.upscaler_name = upscaler
@@ -255,9 +310,7 @@ def on_apply_repeats(ctx: UIContext, project: Optional[str], version_name: Optio
     if not concepts:
         return messages.error(tr("There are no training pictures yet: press \"Preprocess\" first."))
     name = (concept or "").strip()
-    target = next((c for c in concepts if c.name.casefold() == name.casefold()), None)
-    if target is None and len(concepts) == 1:
-        target = concepts[0]
+    target = training_concept(version, name)
     if target is None:
         return messages.error(tr("There is no concept \"{name}\"; the concepts are: {names}.", name=name,
                                  names=", ".join(c.name for c in concepts)))
@@ -312,30 +365,43 @@ def build(ctx: UIContext, project: Any, version: Any, preset: Any = None) -> Dat
     preprocess_button = gr.Button(tr("Preprocess"), variant="primary", elem_id="train_tools_preprocess")
     preprocess_message = gr.HTML("", elem_id="train_tools_preprocess_message")
 
+    import_about = gr.State(None)  # the imported pictures (source_stamp) the import message tells of
+
     panel = DatasetPanel(upload, folder, import_message, report, width, height, crop, flip, face_crops, upscaler,
-                         concept, repeats, hint, preprocess_message, preprocess_button, [])
+                         concept, repeats, hint, preprocess_message, preprocess_button, [], import_about)
 
-    def do_upload(p, v, files, w, h, progress=gr.Progress()):
-        msg, rep = on_import(ctx, p, v, files, "", w, h, progress)
-        return msg, rep, None
+    def imported_outputs(p, v, msg, rep):
+        """The import's message and report; the preprocessing message went with the pictures it told of."""
+        return msg, rep, source_stamp(ctx.version(p, v)), ""
 
-    def do_folder(p, v, path, w, h, progress=gr.Progress()):
-        return on_import(ctx, p, v, None, path, w, h, progress)
+    def do_upload(p, v, files, w, h, c, progress=gr.Progress()):
+        msg, rep = on_import(ctx, p, v, files, "", w, h, progress, crop=c)
+        return imported_outputs(p, v, msg, rep) + (None,)
+
+    def do_folder(p, v, path, w, h, c, progress=gr.Progress()):
+        return imported_outputs(p, v, *on_import(ctx, p, v, None, path, w, h, progress, crop=c))
 
     def do_preprocess(p, v, w, h, c, f, fc, up, con, n, progress=gr.Progress()):
-        return on_preprocess(ctx, p, v, w, h, c, f, fc, up, con, n, progress)
+        msg = on_preprocess(ctx, p, v, w, h, c, f, fc, up, con, n, progress)
+        version = ctx.version(p, v)
+        return msg, report_markdown(version, w, h, c), repeats_hint(ctx, version)[1] if version else ""
 
-    uploaded = upload.upload(do_upload, [project, version, upload, width, height], [import_message, report, upload])
-    imported = import_folder.click(do_folder, [project, version, folder, width, height], [import_message, report])
-    refresh_report.click(lambda p, v, w, h: report_markdown(ctx.version(p, v), w, h), [project, version, width,
-                                                                                          height], [report])
+    def do_apply_repeats(p, v, c, n):
+        version = ctx.version(p, v)
+        return on_apply_repeats(ctx, p, v, c, n), repeats_hint(ctx, version)[1] if version else ""
+
+    after_import = [import_message, report, import_about, preprocess_message]
+    uploaded = upload.upload(do_upload, [project, version, upload, width, height, crop], after_import + [upload])
+    imported = import_folder.click(do_folder, [project, version, folder, width, height, crop], after_import)
+    refresh_report.click(lambda p, v, w, h, c, about: on_check_again(ctx, p, v, w, h, c, about),
+                         [project, version, width, height, crop, import_about], [report, import_message, import_about])
     preset_inputs = [project, version] + ([preset] if preset is not None else [])
     suggest.click(lambda p, v, *rest: on_suggest_repeats(ctx, p, v, rest[0] if rest else None), preset_inputs,
                   [repeats, hint], queue=False)
-    apply_repeats.click(lambda p, v, c, n: on_apply_repeats(ctx, p, v, c, n), [project, version, concept, repeats],
-                        [preprocess_message])
+    apply_repeats.click(do_apply_repeats, [project, version, concept, repeats], [preprocess_message, hint])
     processed = preprocess_button.click(do_preprocess, [project, version, width, height, crop, flip, face_crops,
-                                                        upscaler, concept, repeats], [preprocess_message])
+                                                        upscaler, concept, repeats],
+                                        [preprocess_message, report, hint])
     for event in (uploaded, imported):  # the suggestion depends on how many pictures there are
         event.then(lambda p, v: repeats_hint(ctx, ctx.version(p, v))[1] if ctx.version(p, v) else "",
                    [project, version], [hint], queue=False)
