@@ -114,6 +114,21 @@ def test_host_without_taggers_says_so_and_changes_nothing(folder):
     assert snapshot(folder.parent) == before
 
 
+def test_a_host_that_knows_why_says_so_for_each_tagger(folder):
+    from lib_trainer.hosts.base import TaggerUnavailable
+
+    host = FakeTaggerHost(taggers=[])
+    host.unavailable_taggers = lambda: [TaggerUnavailable("DeepBooru", "its model is not on disk (models/x)"),
+                                        TaggerUnavailable("WD14 tagger", "the extension is not installed")]
+    with pytest.raises(TaggingUnavailable) as info:
+        caption_pictures(host, "deepbooru", CaptionSet(folder))
+    assert str(info.value) == no_tagger_message(host)
+    assert str(info.value).splitlines() == [
+        "No tagger can caption here yet:", "• DeepBooru: its model is not on disk (models/x)",
+        "• WD14 tagger: the extension is not installed",
+        "You can still write and edit captions by hand and use the tag tools."]
+
+
 def test_standalone_host_has_no_tagger(folder, tmp_path):
     from lib_trainer.hosts.standalone import StandaloneHost
 

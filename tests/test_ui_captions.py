@@ -83,6 +83,28 @@ def test_no_tagger_on_this_host_is_said_and_manual_captions_still_work(tmp_path)
     assert (version.train_dir / "2_dog" / "dog_00.txt").read_text(encoding="utf-8") == "sks_dog, dog"
 
 
+def test_the_captions_step_says_why_each_tagger_is_missing_and_follows_the_host(tmp_path, monkeypatch):
+    from lib_trainer.hosts.base import TaggerUnavailable
+
+    ctx, version = prepared(tmp_path, taggers=False)
+    why = "DeepBooru model not on disk (models/torch_deepdanbooru) and the WebUI runs offline"
+    reasons = [TaggerUnavailable("DeepBooru (anime tags)", why), TaggerUnavailable("WD14 tagger", "not installed")]
+    monkeypatch.setattr(ctx.host, "unavailable_taggers", lambda: reasons, raising=False)
+    titles, note = captions_panel.tagger_state(ctx)
+    assert titles == [] and "train_tools_msg_warning" in note and "this host has none" not in note
+    assert f"• DeepBooru (anime tags): {why}" in note and "• WD14 tagger: not installed" in note and "by hand" in note
+    out = captions_panel.on_caption(ctx, "dog", "v1", None, 0.35, captions_panel.EXISTING_CHOICES.label("ignore"))
+    assert why in out[-1] and "this host has none" not in out[-1]
+    refreshed = captions_panel.on_refresh(ctx, "dog", "v1")
+    tagger, tagger_note, threshold, existing, run = refreshed[-5:]
+    assert tagger["choices"] == [] and tagger["interactive"] is False and run["interactive"] is False
+    assert why in tagger_note
+    ctx.host.with_taggers = True  # a model put on disk since: the next refresh offers it, and says what is left
+    tagger, tagger_note, threshold, existing, run = captions_panel.on_refresh(ctx, "dog", "v1")[-5:]
+    assert tagger["choices"] == ["Paint tagger"] and tagger["value"] == "Paint tagger" and run["interactive"] is True
+    assert "train_tools_msg_info" in tagger_note and "Not offered here:" in tagger_note and why in tagger_note
+
+
 def test_captioning_with_the_hosts_tagger_keeps_existing_captions_when_asked(tmp_path):
     ctx, version = prepared(tmp_path, taggers=True)
     titles, note = captions_panel.tagger_state(ctx)

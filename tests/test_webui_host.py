@@ -709,6 +709,41 @@ def test_offline_offers_only_taggers_with_local_models(webui, host, monkeypatch)
     assert [t.id for t in host.taggers()] == ["deepbooru"]
 
 
+def test_offline_says_why_each_tagger_is_left_out_and_what_to_do(webui, host, monkeypatch, tmp_path):
+    """A1111 has DeepBooru, BLIP and CLIP built in: a host offering none of them says why for each (the model is
+    not on disk and the WebUI runs offline, where it goes and where it comes from), and why WD14 is missing."""
+    assert [t.title for t in host.unavailable_taggers()] == ["WD14 tagger"]  # online: only the extension is missing
+    assert "not loaded" in host.unavailable_taggers()[0].reason
+    assert "stable-diffusion-webui-wd14-tagger" in host.unavailable_taggers()[0].reason
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no CLIP model in ~/.cache/clip
+    missing = {t.title: t.reason for t in host.unavailable_taggers()}
+    assert host.taggers() == [] and list(missing) == [
+        "DeepBooru (anime tags)", "BLIP (a sentence)", "CLIP interrogator (BLIP sentence + CLIP keywords)",
+        "WD14 tagger"]
+    models = webui.root / "models"
+    deepbooru = missing["DeepBooru (anime tags)"]
+    assert str(models / "torch_deepdanbooru") in deepbooru and "model-resnet_custom_v3.pt" in deepbooru
+    assert "HF_HUB_OFFLINE" in deepbooru and "offline" in deepbooru
+    assert "TorchDeepDanbooru/releases/download/v1/model-resnet_custom_v3.pt" in deepbooru
+    assert str(models / "BLIP") in missing["BLIP (a sentence)"]
+    assert "model_base_caption_capfilt_large.pth" in missing["BLIP (a sentence)"]
+    model = models / "torch_deepdanbooru" / "model-resnet_custom_v3.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights")
+    (models / "BLIP").mkdir()
+    (models / "BLIP" / "model_base_caption_capfilt_large.pth").write_bytes(b"weights")
+    assert [t.id for t in host.taggers()] == ["deepbooru", "blip"]
+    missing = {t.title: t.reason for t in host.unavailable_taggers()}
+    assert list(missing) == ["CLIP interrogator (BLIP sentence + CLIP keywords)", "WD14 tagger"]
+    clip = missing["CLIP interrogator (BLIP sentence + CLIP keywords)"]
+    assert "ViT-L-14.pt" in clip and str(tmp_path / "home" / ".cache" / "clip") in clip
+    (tmp_path / "home" / ".cache" / "clip").mkdir(parents=True)
+    (tmp_path / "home" / ".cache" / "clip" / "ViT-L-14.pt").write_bytes(b"weights")
+    assert [t.id for t in host.taggers()] == ["deepbooru", "blip", "clip"]
+    assert [t.title for t in host.unavailable_taggers()] == ["WD14 tagger"]
+
+
 class WD14Interrogator:
     """An interrogator of the WD14 tagger extension (picobyte's fork): a Hugging Face model or a local one."""
 
@@ -749,6 +784,8 @@ def test_wd14_offline_offers_local_and_cached_models_only(webui, host, wd14, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     assert [t.id for t in host.taggers()] == ["wd14:local-onnx"]
+    wd14_reason = next(t.reason for t in host.unavailable_taggers() if t.title == "WD14 tagger")
+    assert "WD14 ViT v2" in wd14_reason and "not on disk" in wd14_reason and "local-onnx" not in wd14_reason
     snapshot = tmp_path / "hf" / "models--SmilingWolf--wd-v1-4-vit-tagger-v2"
     (snapshot / "refs").mkdir(parents=True)
     (snapshot / "refs" / "main").write_text("abc")
@@ -758,6 +795,7 @@ def test_wd14_offline_offers_local_and_cached_models_only(webui, host, wd14, mon
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     assert [t.id for t in host.taggers()] == ["wd14:wd14-vit.v2", "wd14:local-onnx"]
+    assert "WD14 tagger" not in [t.title for t in host.unavailable_taggers()]
 
 
 def test_upscalers_leave_out_none_and_give_the_exact_size(webui, host):

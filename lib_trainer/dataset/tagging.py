@@ -12,8 +12,10 @@ With ``trigger_word`` the trigger leads every caption written. The whole run is 
 captioned and "undo" puts every caption of the run back. A picture that cannot be opened, or that the tagger
 fails on, is named in the report and the run goes on.
 
-A host without taggers (the standalone app) raises :class:`TaggingUnavailable` whose message says that
-captioning needs the WebUI and that captions can still be written by hand.
+A host without taggers raises :class:`TaggingUnavailable` whose message says why each tagger the host knows of
+cannot run (``Host.unavailable_taggers``: DeepBooru's model not on disk while the WebUI runs offline, the WD14
+extension not installed, …) and what to do, or, from a host that gives no reasons (the standalone app), that
+captioning needs the WebUI; either way that captions can still be written by hand.
 """
 from __future__ import annotations
 
@@ -27,12 +29,12 @@ from lib_trainer.dataset.captions.caption_set import CaptionSet
 from lib_trainer.dataset.captions.journal import BulkEdit, EditLabel, EditResult, journal_path_for
 from lib_trainer.dataset.captions.sidecar import CAPTION_EXTENSION, read_tags
 from lib_trainer.dataset.captions.tags import join_tags, merge_tags, parse_tags
-from lib_trainer.hosts.base import HostError, TaggerInfo
+from lib_trainer.hosts.base import HostError, TaggerInfo, TaggerUnavailable
 from lib_trainer.common.i18n import tr
 from lib_trainer.trainer.folders import open_rgb
 
-__all__ = ["EXISTING_MODES", "TaggingUnavailable", "TaggingReport", "available_taggers", "no_tagger_message",
-           "caption_pictures", "combine"]
+__all__ = ["EXISTING_MODES", "TaggingUnavailable", "TaggingReport", "available_taggers", "unavailable_taggers",
+           "no_tagger_message", "unavailable_note", "caption_pictures", "combine"]
 
 EXISTING_MODES = ("ignore", "keep", "prepend", "append")
 
@@ -90,9 +92,36 @@ def _names(paths: Sequence[Path], limit: int = 5) -> str:
     return shown + (" …" if len(paths) > limit else "")
 
 
-def no_tagger_message() -> str:
-    return tr("Captioning with a tagger needs the WebUI (DeepBooru, BLIP or the WD14 tagger extension); this host "
-              "has none. You can still write and edit captions by hand and use the tag tools.")
+def no_tagger_message(host: Any = None) -> str:
+    """Why ``host`` offers no tagger (each tagger it knows of, why and what to do), and that captions can still be
+    written by hand."""
+    reasons = unavailable_taggers(host) if host is not None else []
+    if not reasons:
+        return tr("Captioning with a tagger needs the WebUI (DeepBooru, BLIP or the WD14 tagger extension); this "
+                  "host has none. You can still write and edit captions by hand and use the tag tools.")
+    return "\n".join([tr("No tagger can caption here yet:"), _reason_lines(reasons),
+                      tr("You can still write and edit captions by hand and use the tag tools.")])
+
+
+def unavailable_note(host: Any) -> str:
+    """The taggers ``host`` knows of but does not offer beside those it offers, and why; "" when none."""
+    reasons = unavailable_taggers(host)
+    return "\n".join([tr("Not offered here:"), _reason_lines(reasons)]) if reasons else ""
+
+
+def _reason_lines(reasons: Sequence[TaggerUnavailable]) -> str:
+    return "\n".join(f"• {r.title}: {r.reason}" for r in reasons)
+
+
+def unavailable_taggers(host: Any) -> List[TaggerUnavailable]:
+    """The taggers the host left out, with why; [] when it gives no reasons (or cannot)."""
+    lister = getattr(host, "unavailable_taggers", None)
+    if not callable(lister):
+        return []
+    try:
+        return list(lister())
+    except Exception:
+        return []
 
 
 def available_taggers(host: Any) -> List[TaggerInfo]:
@@ -157,7 +186,7 @@ def caption_pictures(
 
     taggers = available_taggers(host)
     if not taggers:
-        raise TaggingUnavailable(no_tagger_message())
+        raise TaggingUnavailable(no_tagger_message(host))
     info = next((t for t in taggers if t.id == tagger_id), None)
     if info is None:
         raise TaggingUnavailable(tr("The tagger {id} is not available; choose one of: {ids}.", id=tagger_id,

@@ -42,10 +42,18 @@ class CaptionsPanel:
     tagger: Any
     tagger_note: Any
     trigger_set: Any = None  # the "Set trigger word" event (the train form shows the trigger word too)
+    threshold: Any = None
+    existing: Any = None
+    run_tagger: Any = None
 
-    def refresh_outputs(self) -> List[Any]:
+    def edit_outputs(self) -> List[Any]:
+        """What an edit changes (panel_updates)."""
         return [self.gallery, self.names, self.selected, self.selected_label, self.caption, self.frequency,
                 self.suggestions, self.suggestions_text, self.undo, self.trigger, self.message]
+
+    def refresh_outputs(self) -> List[Any]:
+        """Everything on_refresh sets: what an edit changes, and the tagger box."""
+        return self.edit_outputs() + [self.tagger, self.tagger_note, self.threshold, self.existing, self.run_tagger]
 
 
 # ---- logic -----------------------------------------------------------------------------------------------------
@@ -118,6 +126,13 @@ def _preset(version: Optional[Version], ctx: UIContext) -> str:
 
 def on_refresh(ctx: UIContext, project: Optional[str], version_name: Optional[str],
                message: str = "") -> Tuple[Any, ...]:
+    """Everything the panel shows for the version (CaptionsPanel.refresh_outputs), the host's taggers included."""
+    return panel_updates(ctx, project, version_name, message) + tagger_updates(ctx)
+
+
+def panel_updates(ctx: UIContext, project: Optional[str], version_name: Optional[str],
+                  message: str = "") -> Tuple[Any, ...]:
+    """The pictures, their captions and the tools' state with ``message`` (CaptionsPanel.edit_outputs)."""
     version = ctx.version(project, version_name)
     items, names = gallery_items(version)
     sugg, sugg_text = suggestions(version, _preset(version, ctx))
@@ -143,14 +158,14 @@ def on_save_caption(ctx: UIContext, project: Optional[str], version_name: Option
                     text: str) -> Tuple[Any, ...]:
     version = ctx.version(project, version_name)
     if version is None or not selected:
-        return on_refresh(ctx, project, version_name, messages.error(tr("Click a picture first.")))
+        return panel_updates(ctx, project, version_name, messages.error(tr("Click a picture first.")))
     from lib_trainer.dataset.captions.sidecar import CaptionError
 
     try:
         result = caption_set(version).edit_caption(selected, text or "")
     except (CaptionError, OSError) as exc:
-        return _keep_selection(on_refresh(ctx, project, version_name, messages.error(str(exc))), selected, text)
-    return _keep_selection(on_refresh(ctx, project, version_name, messages.ok(result.message)), selected,
+        return _keep_selection(panel_updates(ctx, project, version_name, messages.error(str(exc))), selected, text)
+    return _keep_selection(panel_updates(ctx, project, version_name, messages.ok(result.message)), selected,
                            caption_set(version).caption_text(selected))
 
 
@@ -179,7 +194,7 @@ def on_tool(ctx: UIContext, tool: str, project: Optional[str], version_name: Opt
 
     version = ctx.version(project, version_name)
     if version is None:
-        return on_refresh(ctx, project, version_name, messages.error(tr("Create or pick a project first.")))
+        return panel_updates(ctx, project, version_name, messages.error(tr("Create or pick a project first.")))
     captions = caption_set(version)
     try:
         if not captions.pictures():
@@ -229,7 +244,7 @@ def _keep_tokens_in_use(ctx: UIContext, version: Version) -> Optional[int]:
 
 def _after_tool(ctx: UIContext, project: Optional[str], version_name: Optional[str], selected: Optional[str],
                 message: str) -> Tuple[Any, ...]:
-    updates = on_refresh(ctx, project, version_name, message)
+    updates = panel_updates(ctx, project, version_name, message)
     version = ctx.version(project, version_name)
     if selected and version is not None:
         try:
@@ -240,13 +255,23 @@ def _after_tool(ctx: UIContext, project: Optional[str], version_name: Optional[s
 
 
 def tagger_state(ctx: UIContext) -> Tuple[List[str], str]:
-    """(tagger titles, a note): the note says when the host has no tagger."""
-    from lib_trainer.dataset.tagging import available_taggers, no_tagger_message
+    """(tagger titles, a note as HTML): the note says why each tagger the host left out is missing and what to
+    do (a warning when there is no tagger at all)."""
+    from lib_trainer.dataset.tagging import available_taggers, no_tagger_message, unavailable_note
 
     taggers = available_taggers(ctx.host)
     if not taggers:
-        return [], no_tagger_message()
-    return [t.title for t in taggers], ""
+        return [], messages.warning(no_tagger_message(ctx.host))
+    return [t.title for t in taggers], messages.info(unavailable_note(ctx.host))
+
+
+def tagger_updates(ctx: UIContext) -> Tuple[Any, ...]:
+    """The tagger box as the host has it now (a model put on disk since shows at the next refresh): the
+    dropdown, the note, and whether the threshold, the mode and the button can be used."""
+    titles, note = tagger_state(ctx)
+    usable = compat.update(interactive=bool(titles))
+    return (compat.update(choices=titles, value=titles[0] if titles else None, interactive=bool(titles)), note,
+            usable, usable, usable)
 
 
 def on_caption(ctx: UIContext, project: Optional[str], version_name: Optional[str], tagger_title: Optional[str],
@@ -257,14 +282,14 @@ def on_caption(ctx: UIContext, project: Optional[str], version_name: Optional[st
 
     version = ctx.version(project, version_name)
     if version is None:
-        return on_refresh(ctx, project, version_name, messages.error(tr("Create or pick a project first.")))
+        return panel_updates(ctx, project, version_name, messages.error(tr("Create or pick a project first.")))
     taggers = available_taggers(ctx.host)
     if not taggers:
-        return on_refresh(ctx, project, version_name, messages.warning(no_tagger_message()))
+        return panel_updates(ctx, project, version_name, messages.warning(no_tagger_message(ctx.host)))
     info = next((t for t in taggers if t.title == tagger_title), taggers[0])
     captions = caption_set(version)
     if not captions.pictures():
-        return on_refresh(ctx, project, version_name, messages.error(
+        return panel_updates(ctx, project, version_name, messages.error(
             tr("No training pictures yet: import pictures and press \"Preprocess\".")))
 
     def step(done: int, total: int, picture: Any) -> None:
@@ -277,11 +302,11 @@ def on_caption(ctx: UIContext, project: Optional[str], version_name: Optional[st
                                   existing=EXISTING_CHOICES.value(existing_label, "ignore"),
                                   trigger_word=version_settings.trigger_word(version) or None, progress=step)
     except (CaptionError, ValueError) as exc:
-        return on_refresh(ctx, project, version_name, messages.error(str(exc)))
+        return panel_updates(ctx, project, version_name, messages.error(str(exc)))
     except Exception as exc:  # the host's tagger failing as a whole (HostError and friends)
-        return on_refresh(ctx, project, version_name, messages.error(str(exc)))
+        return panel_updates(ctx, project, version_name, messages.error(str(exc)))
     kind = "warning" if report.failed or report.no_tags else "ok"
-    return on_refresh(ctx, project, version_name, messages.message(report.summary(), kind))
+    return panel_updates(ctx, project, version_name, messages.message(report.summary(), kind))
 
 
 # ---- layout ----------------------------------------------------------------------------------------------------
@@ -300,7 +325,7 @@ def build(ctx: UIContext, project: Any, version: Any) -> CaptionsPanel:
             save = gr.Button(tr("Save caption"), variant="primary", elem_id="train_tools_save_caption")
             titles, note = tagger_state(ctx)
             with gr.Accordion(tr("Caption with a tagger"), open=bool(titles), elem_id="train_tools_tagger_box"):
-                tagger_note = gr.HTML(messages.warning(note), elem_id="train_tools_tagger_note")
+                tagger_note = gr.HTML(note, elem_id="train_tools_tagger_note")
                 tagger = gr.Dropdown(label=tr("Tagger"), choices=titles, value=titles[0] if titles else None,
                                      interactive=bool(titles), elem_id="train_tools_tagger")
                 threshold = gr.Slider(label=tr("Threshold"), minimum=0.05, maximum=0.95, step=0.05, value=0.35,
@@ -346,8 +371,9 @@ def build(ctx: UIContext, project: Any, version: Any) -> CaptionsPanel:
                 frequency = gr.Markdown("", elem_id="train_tools_tag_frequency")
 
     panel = CaptionsPanel(gallery, names, selected, selected_label, caption, message, frequency, suggestion_box,
-                          suggestions_text, undo, trigger, tagger, tagger_note)
-    outputs = panel.refresh_outputs()
+                          suggestions_text, undo, trigger, tagger, tagger_note, threshold=threshold,
+                          existing=existing, run_tagger=run_tagger)
+    outputs = panel.edit_outputs()
     base = [project, version, scope, selected]
 
     def select(names_value, p, v, evt: gr.SelectData):
@@ -373,6 +399,6 @@ def build(ctx: UIContext, project: Any, version: Any) -> CaptionsPanel:
     return panel
 
 
-__all__ = ["CaptionsPanel", "build", "on_refresh", "on_select", "on_save_caption", "on_tool", "on_caption",
+__all__ = ["CaptionsPanel", "build", "on_refresh", "panel_updates", "tagger_updates", "on_select", "on_save_caption", "on_tool", "on_caption",
            "gallery_items", "frequency_markdown", "suggestions", "tagger_state", "SCOPE_CHOICES",
            "EXISTING_CHOICES", "SORT_CHOICES"]

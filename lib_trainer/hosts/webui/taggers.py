@@ -1,19 +1,28 @@
 """The WebUI's taggers for the Captions step: DeepBooru (built in), BLIP and the CLIP interrogator (built in, need
 their models), and the WD14 tagger extension's models when it is installed. Offline, a tagger whose model is not on
-disk is not offered (it would download it)."""
+disk is not offered (it would download it); ``unavailable_taggers`` says which were left out, why and what to do."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from lib_trainer.common.i18n import tr
 from lib_trainer.common.tags import KAOMOJI
-from lib_trainer.hosts.base import HostError, TaggerInfo
-from lib_trainer.hosts.webui.webui_modules import offline, webui_module
+from lib_trainer.hosts.base import HostError, TaggerInfo, TaggerUnavailable
+from lib_trainer.hosts.webui.webui_modules import offline, offline_variables, webui_module
 
 WD14_DEFAULT_THRESHOLD = 0.35
+# Where the WebUI's own code (modules/deepbooru.py, modules/interrogate.py) puts the models it downloads on first use.
+DEEPBOORU_MODEL = ("torch_deepdanbooru", "model-resnet_custom_v3.pt",
+                   "https://github.com/AUTOMATIC1111/TorchDeepDanbooru/releases/download/v1/model-resnet_custom_v3.pt")
+BLIP_MODEL = ("BLIP", "model_base_caption_capfilt_large.pth",
+              "https://storage.googleapis.com/sfr-vision-language-research/BLIP/models/"
+              "model_base_caption_capfilt_large.pth")
+CLIP_MODEL_FILE = "ViT-L-14.pt"  # clip.load("ViT-L/14", download_root=--clip-models-path or ~/.cache/clip)
+WD14_EXTENSION_URL = "https://github.com/picobyte/stable-diffusion-webui-wd14-tagger"
 
 
 def _wd14_on_disk(interrogator: Any) -> bool:
@@ -50,15 +59,53 @@ class WebUITaggers:
             found.append(TaggerInfo("deepbooru", tr("DeepBooru (anime tags)"), True, float(threshold)))
         if getattr(shared, "interrogator", None) is not None and self._interrogator_usable():
             found.append(TaggerInfo("blip", tr("BLIP (a sentence)"), False))
-            found.append(TaggerInfo("clip", tr("CLIP interrogator (BLIP sentence + CLIP keywords)"), False))
+            if self._clip_usable():
+                found.append(TaggerInfo("clip", tr("CLIP interrogator (BLIP sentence + CLIP keywords)"), False))
         for key, interrogator in self._wd14_interrogators().items():
             found.append(TaggerInfo(f"wd14:{key}", tr("WD14 tagger: {model}", model=getattr(interrogator, "name", key)),
                                     True, WD14_DEFAULT_THRESHOLD))
         return found
 
+    def unavailable_taggers(self) -> list[TaggerUnavailable]:
+        """What taggers() left out and why, in its order: DeepBooru, BLIP, CLIP, the WD14 tagger extension."""
+        shared = webui_module("shared")
+        missing: list[TaggerUnavailable] = []
+        no_downloads = tr("the WebUI runs offline ({variables} set), so it does not download it",
+                          variables=offline_variables())
+        try:
+            webui_module("deepbooru")
+        except ImportError as exc:
+            missing.append(TaggerUnavailable(tr("DeepBooru (anime tags)"), tr(
+                "The WebUI's DeepBooru module could not be loaded ({error}); see the WebUI's console.", error=exc)))
+        else:
+            if not self._deepbooru_usable():
+                missing.append(TaggerUnavailable(tr("DeepBooru (anime tags)"), self._model_missing(
+                    DEEPBOORU_MODEL, no_downloads, tr("DeepBooru"))))
+        blip, clip = tr("BLIP (a sentence)"), tr("CLIP interrogator (BLIP sentence + CLIP keywords)")
+        if getattr(shared, "interrogator", None) is None:
+            reason = tr("The WebUI has not loaded its interrogator (BLIP and CLIP); see the WebUI's console.")
+            missing += [TaggerUnavailable(blip, reason), TaggerUnavailable(clip, reason)]
+        elif not self._interrogator_usable():
+            reason = self._model_missing(BLIP_MODEL, no_downloads, tr("BLIP"))
+            missing += [TaggerUnavailable(blip, reason), TaggerUnavailable(clip, reason)]
+        elif not self._clip_usable():
+            missing.append(TaggerUnavailable(clip, tr(
+                "CLIP's model {file} is not in {folder} and {why}: put it there, or start the WebUI once without "
+                "{variables} and interrogate one picture with CLIP in img2img (it downloads the model then).",
+                file=CLIP_MODEL_FILE, folder=self._clip_dir(), why=no_downloads, variables=offline_variables())))
+        missing += self._wd14_unavailable(no_downloads)
+        return missing
+
     @staticmethod
     def _models_path() -> Path:
         return Path(webui_module("paths").models_path)
+
+    def _model_missing(self, model: tuple[str, str, str], why: str, name: str) -> str:
+        folder, file, url = model
+        return tr("{name}'s model is not on disk ({folder}) and {why}. Download {file} from {url} into that folder "
+                  "and reload this page, or start the WebUI once without {variables} and caption one picture: "
+                  "{name} downloads its model by itself then.", name=name, folder=self._models_path() / folder,
+                  why=why, file=file, url=url, variables=offline_variables())
 
     def _deepbooru_usable(self) -> bool:
         """DeepBooru downloads its model on first use; offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE set) it is
@@ -67,10 +114,39 @@ class WebUITaggers:
             webui_module("deepbooru")
         except ImportError:
             return False
-        return not offline() or any((self._models_path() / "torch_deepdanbooru").glob("*.pt"))
+        return not offline() or any((self._models_path() / DEEPBOORU_MODEL[0]).glob("*.pt"))
 
     def _interrogator_usable(self) -> bool:
-        return not offline() or any((self._models_path() / "BLIP").glob("*.pth"))
+        return not offline() or any((self._models_path() / BLIP_MODEL[0]).glob("*.pth"))
+
+    @staticmethod
+    def _clip_dir() -> Path:
+        folder = getattr(getattr(webui_module("shared"), "cmd_opts", None), "clip_models_path", None)
+        return Path(folder) if folder else Path(os.path.expanduser("~/.cache/clip"))
+
+    def _clip_usable(self) -> bool:
+        """The CLIP interrogator also loads CLIP ViT-L/14, which clip.load downloads when it is not on disk."""
+        return not offline() or (self._clip_dir() / CLIP_MODEL_FILE).is_file()
+
+    def _wd14_unavailable(self, no_downloads: str) -> list[TaggerUnavailable]:
+        title = tr("WD14 tagger")
+        utils = sys.modules.get("tagger.utils")
+        if utils is None:
+            return [TaggerUnavailable(title, tr(
+                "The WD14 tagger extension is not loaded (not installed, or turned off in Extensions). To add it: "
+                "Extensions → Install from URL → {url} → Install, then restart the WebUI.", url=WD14_EXTENSION_URL))]
+        interrogators = getattr(utils, "interrogators", None)
+        if not isinstance(interrogators, dict) or not interrogators:
+            return [TaggerUnavailable(title, tr(
+                "The WD14 tagger extension has no models: add one in its Tagger tab, then reload this page."))]
+        offered = set(self._wd14_interrogators())
+        left_out = [str(getattr(v, "name", k)) for k, v in interrogators.items() if str(k) not in offered]
+        if not left_out:
+            return []
+        return [TaggerUnavailable(title, tr(
+            "Its models {names} are not on disk and {why}: start the WebUI once without {variables} and tag one "
+            "picture with each in its Tagger tab, then reload this page.", names=", ".join(left_out),
+            why=no_downloads, variables=offline_variables()))]
 
     def _wd14_interrogators(self) -> dict[str, Any]:
         """The interrogators of the WD14 tagger extension (toriato's or picobyte's fork) when it is installed:

@@ -26,4 +26,10 @@ def lora_networks() -> Any:
 
 def offline() -> bool:
     """Whether the WebUI runs without downloads (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in _ENV_OFFLINE)
+    return bool(offline_variables())
+
+
+def offline_variables() -> str:
+    """The offline variables that are set ("HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE"), "" when none is."""
+    return ", ".join(name for name in _ENV_OFFLINE
+                     if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"))
