@@ -10,8 +10,10 @@ from lib_trainer.trainer.buckets import (
     assign_bucket_no_upscale,
     batches_by_bucket,
     bucket_info,
+    cover_and_center,
     make_buckets,
     no_bucket,
+    no_upscale_size,
     resize_crop,
 )
 
@@ -104,6 +106,28 @@ def test_no_bucket_and_no_upscale():
     w, h = assign_bucket_no_upscale((4000, 2000), 512, 64)
     assert w * h <= 512 * 512 and w % 64 == 0 and h % 64 == 0 and w > h
     assert assign_bucket_no_upscale((20, 20), 512, 64) == (64, 64)
+
+
+@pytest.mark.parametrize("size, bucket, resized", [
+    # within the area: not resized, the bucket is the size rounded down (only cropped)
+    ((300, 200), (256, 192), (300, 200)),
+    # larger: sqrt(512²·a) × 512²/that, one side rounded to 64 (the one whose rounding keeps the aspect ratio
+    # closer), the other following the ratio, then both rounded down. 4000×2000: 724.1×362.0; width 704 gives
+    # 704/320 = 2.2, height 320 gives 640/320 = 2.0, so (640, 320).
+    ((4000, 2000), (640, 320), (640, 320)),
+    # 1000×3000: 295.6×886.8; width 256 gives 256/768 (exact), height 832 gives 256/832, so (256, 768)
+    ((1000, 3000), (256, 768), (256, 768)),
+    # 700×500: 605.8×432.7; width 576 → 576/384 = 1.5, height 384 → 512/384 = 1.33 (closer to 1.4), so the height
+    # 384 and the width 384·1.4 = 537.6 → 538, bucket 512×384
+    ((700, 500), (512, 384), (538, 384)),
+])
+def test_no_upscale_size_is_sd_scripts_select_bucket(size, bucket, resized):
+    """sd-scripts' BucketManager.select_bucket with no_upscale (library/train_util.py), worked by hand."""
+    assert no_upscale_size(size, 512, 64) == (bucket, resized)
+    # the picture is scaled to `resized` (never larger than itself) and cropped to the bucket at its centre
+    (rw, rh), (top, left) = cover_and_center(size, bucket, resized)
+    assert (rw, rh) == resized and rw <= size[0] and rh <= size[1]
+    assert (top, left) == ((resized[1] - bucket[1]) // 2, (resized[0] - bucket[0]) // 2)
 
 
 def test_resize_crop_covers_and_centers():

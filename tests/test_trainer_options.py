@@ -100,7 +100,8 @@ OPTIMIZERS = {
     "AdamW": dict(learning_rate=1e-3),
     "Lion": dict(learning_rate=1e-4),
     "Prodigy": dict(learning_rate=1.0),
-    "Adafactor": dict(learning_rate=1e-3),
+    # with a learning rate of its own (its default, relative_step, is tested in test_trainer_claims)
+    "Adafactor": dict(learning_rate=1e-3, optimizer_args=["relative_step=False"]),
     "SGD": dict(learning_rate=1.0),
 }
 
@@ -291,8 +292,8 @@ def spy(monkeypatch):
         seen["captions"].append((entry.caption, out))
         return out
 
-    def spy_pixels(entry, bucket, flip):
-        out = pixels(entry, bucket, flip)
+    def spy_pixels(entry, bucket, flip, resized=None):
+        out = pixels(entry, bucket, flip, resized)
         seen["pixels"].append((entry.path.name, tuple(bucket), flip, tuple(out[0].shape)))
         return out
 

@@ -29,6 +29,7 @@ __all__ = [
     "no_bucket",
     "assign_bucket",
     "assign_bucket_no_upscale",
+    "no_upscale_size",
     "cover_and_center",
     "sdxl_time_ids",
     "resize_crop",
@@ -167,24 +168,51 @@ def assign_bucket(image_size: Tuple[int, int], buckets: Sequence[Bucket]) -> Buc
     return best  # type: ignore[return-value]
 
 
-def assign_bucket_no_upscale(
+def no_upscale_size(
     image_size: Tuple[int, int], max_area_reso: Union[int, Tuple[int, int]], step: int = 64
-) -> Bucket:
-    """The bucket for ``bucket_no_upscale``: the picture's own size, shrunk to fit the area budget if needed,
-    rounded down to multiples of ``step`` (never below one ``step``). The picture is then only ever downscaled
-    (except one smaller than ``step`` on a side)."""
+) -> Tuple[Bucket, Tuple[int, int]]:
+    """``bucket_no_upscale`` as sd-scripts' ``BucketManager.select_bucket`` does it: ``(bucket, resized_size)``.
+
+    A picture within the area budget (``resolution``'s width × height) is not resized at all; its bucket is its
+    own size rounded down to multiples of ``step``, so it is only cropped (by less than ``step`` on each side).
+    A larger picture is shrunk, keeping its aspect ratio, to the budget: one side is rounded to ``step`` (the
+    side whose rounding keeps the aspect ratio closer) and the other follows the ratio; the bucket is that size
+    rounded down. ``min_bucket_reso`` / ``max_bucket_reso`` play no part (as in sd-scripts). One difference: a
+    side shorter than ``step`` gets a bucket of one ``step`` (sd-scripts would make an empty bucket), the only
+    case where a picture is enlarged.
+    """
     w, h = _image_size(image_size)
     aw, ah = _reso("resolution", max_area_reso)
     step = _whole("bucket_reso_steps", step)
     max_area = aw * ah
+
+    def round_to_step(x: float) -> int:
+        x = int(x + 0.5)
+        return max(step, x - x % step)
+
     if w * h > max_area:
-        scale = math.sqrt(max_area / (w * h))
-        fw, fh = w * scale, h * scale
+        aspect = w / h
+        resized_w = math.sqrt(max_area * aspect)
+        resized_h = max_area / resized_w
+        width_rounded = round_to_step(resized_w)
+        ar_width_rounded = width_rounded / round_to_step(width_rounded / aspect)
+        height_rounded = round_to_step(resized_h)
+        ar_height_rounded = round_to_step(height_rounded * aspect) / height_rounded
+        if abs(ar_width_rounded - aspect) < abs(ar_height_rounded - aspect):
+            resized = (width_rounded, int(width_rounded / aspect + 0.5))
+        else:
+            resized = (int(height_rounded * aspect + 0.5), height_rounded)
     else:
-        fw, fh = float(w), float(h)
-    bw = max(step, int(fw) // step * step)
-    bh = max(step, int(fh) // step * step)
-    return bw, bh
+        resized = (w, h)
+    bucket = (max(step, resized[0] - resized[0] % step), max(step, resized[1] - resized[1] % step))
+    return bucket, resized
+
+
+def assign_bucket_no_upscale(
+    image_size: Tuple[int, int], max_area_reso: Union[int, Tuple[int, int]], step: int = 64
+) -> Bucket:
+    """The bucket ``bucket_no_upscale`` gives a picture (see :func:`no_upscale_size`)."""
+    return no_upscale_size(image_size, max_area_reso, step)[0]
 
 
 class ResizedCrop(NamedTuple):
@@ -205,41 +233,52 @@ class ResizedCrop(NamedTuple):
         return (oh, ow, top, left, th, tw)
 
 
-def cover_and_center(image_size: Tuple[int, int], bucket: Tuple[int, int]) -> Tuple[Bucket, Tuple[int, int]]:
+def cover_and_center(
+    image_size: Tuple[int, int], bucket: Tuple[int, int], resized: Optional[Tuple[int, int]] = None
+) -> Tuple[Bucket, Tuple[int, int]]:
     """The size a picture is scaled to so that it covers ``bucket``, and the ``(top, left)`` of a centered crop.
 
-    Pure geometry: callers that only need SDXL's size conditioning (cached latents) need not decode the picture.
+    ``resized`` is a size chosen beforehand (``bucket_no_upscale``'s, see :func:`no_upscale_size`), used when it
+    covers the bucket. Pure geometry: callers that only need SDXL's size conditioning (cached latents) need not
+    decode the picture.
     """
     bw, bh = _image_size(bucket)
     w, h = image_size
     if w < 1 or h < 1:
         raise ValueError(f"cannot resize an empty image ({w}×{h})")
-    scale = max(bw / w, bh / h)
-    rw = max(bw, round(w * scale))
-    rh = max(bh, round(h * scale))
+    if resized is not None and resized[0] >= bw and resized[1] >= bh:
+        rw, rh = resized
+    else:
+        scale = max(bw / w, bh / h)
+        rw = max(bw, round(w * scale))
+        rh = max(bh, round(h * scale))
     return (rw, rh), ((rh - bh) // 2, (rw - bw) // 2)
 
 
-def sdxl_time_ids(image_size: Tuple[int, int], bucket: Tuple[int, int]) -> Tuple[int, int, int, int, int, int]:
+def sdxl_time_ids(
+    image_size: Tuple[int, int], bucket: Tuple[int, int], resized: Optional[Tuple[int, int]] = None
+) -> Tuple[int, int, int, int, int, int]:
     """SDXL's size conditioning of a centered crop: original (h, w), crop (top, left), target (h, w).
 
     The same numbers as ``resize_crop(...).sdxl_time_ids`` without a random crop."""
-    _, (top, left) = cover_and_center(image_size, bucket)
+    _, (top, left) = cover_and_center(image_size, bucket, resized)
     w, h = image_size
     bw, bh = _image_size(bucket)
     return (h, w, top, left, bh, bw)
 
 
 def resize_crop(
-    image: Image.Image, bucket: Tuple[int, int], *, rng: Optional[random.Random] = None
+    image: Image.Image, bucket: Tuple[int, int], *, rng: Optional[random.Random] = None,
+    resized: Optional[Tuple[int, int]] = None,
 ) -> ResizedCrop:
-    """Scale ``image`` (already EXIF-transposed) so that it covers ``bucket``, then crop it to the bucket.
+    """Scale ``image`` (already EXIF-transposed) so that it covers ``bucket`` (or to ``resized``, a size chosen
+    beforehand that covers it), then crop it to the bucket.
 
     The crop is centered, or placed at random when ``rng`` is given (sd-scripts' ``random_crop``).
     """
     bw, bh = _image_size(bucket)
     w, h = image.size
-    (rw, rh), (top, left) = cover_and_center(image.size, bucket)
+    (rw, rh), (top, left) = cover_and_center(image.size, bucket, resized)
     if (rw, rh) != (w, h):
         image = image.resize((rw, rh), _LANCZOS)
     if rng is not None:

@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 
+from lib_trainer.common.i18n import tr
+
 from .schema import TrainConfig
 
 UNET_PREFIX = "lora_unet"
@@ -105,6 +107,54 @@ def _preset(cfg: TrainConfig) -> dict:
     }
 
 
+def network_args_used(cfg: TrainConfig) -> dict[str, str]:
+    """``ss_network_args``: the network_args (validate refuses those not read) with conv_dim / conv_alpha / algo
+    as applied."""
+    used = dict(cfg.network_kwargs)
+    if cfg.effective_conv_dim:
+        used["conv_dim"] = str(cfg.effective_conv_dim)
+        if cfg.effective_conv_alpha:
+            used["conv_alpha"] = str(cfg.effective_conv_alpha)
+    if cfg.network_module == "lycoris.kohya":
+        used["algo"] = cfg.algo
+    if cfg.use_dora:
+        used["dora_wd"] = "True"
+        used["wd_on_output"] = str(cfg.dora_on_output)
+    return used
+
+
+# ---- DoRA's magnitude, as the hosts read it ------------------------------------------------------------------
+# DoRA scales each column of the merged weight W' = W + ΔW to a trained magnitude m. lycoris-lora can keep m per
+# output row (wd_on_output=True, its default: dora_scale (out, 1, …)) or per input column (dora_scale (1, in, …)).
+# A1111 1.10.1 (extensions-builtin/Lora/network.py, NetworkModule.apply_weight_decompose) always normalises along
+# the input axis: W' · dora_scale / ‖W'‖ with the norm taken per input column, so an output-axis file changes the
+# weights there even untrained. Forge normalises along the input axis too (backend/patcher/lora.py
+# weight_decompose; since May 2025 it also tells an output-axis file by its shape, but then divides by the norm of
+# W, not W'). So Train Tools trains and writes the input-axis layout, which both apply as trained; the tests
+# re-implement both formulas (tests/test_trainer_dora.py).
+
+def dora_on_input_axis(dora_scale: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a file's dora_scale holds one magnitude per input column of ``weight`` (shape (1, in, 1, …))."""
+    return (dora_scale.dim() == weight.dim() and dora_scale.shape[0] == 1 and dora_scale.shape[1] == weight.shape[1]
+            and weight.shape[0] != 1)
+
+
+def module_from_file(kind, params: tuple, lora_name: str, layer):
+    """lycoris' ``make_module`` for one layer of a file, with a DoRA magnitude in either layout (lycoris' loaders
+    build only the output-axis one, its default)."""
+    from lycoris.modules import make_module
+
+    dora_scale = params[-1] if params else None
+    if not isinstance(dora_scale, torch.Tensor) or not dora_on_input_axis(dora_scale, layer.weight):
+        return make_module(kind, params, lora_name, layer)
+    # built with a placeholder magnitude (a scalar copies into any shape), then switched to the input axis
+    module = make_module(kind, (*params[:-1], torch.ones(())), lora_name, layer)
+    if module is not None:
+        module.wd_on_out = False
+        module.dora_scale = torch.nn.Parameter(dora_scale.detach().float().clone(), requires_grad=False)
+    return module
+
+
 def create_network(cfg: TrainConfig, text_encoders: list, unet, train_unet: bool, train_text_encoder: bool):
     import logging
 
@@ -115,6 +165,9 @@ def create_network(cfg: TrainConfig, text_encoders: list, unet, train_unet: bool
     kwargs.pop("conv_dim", None)
     kwargs.pop("conv_alpha", None)
     kwargs["algo"] = cfg.algo
+    # lycoris reads every value but "false" as true; these two are passed as this config reads them
+    kwargs["dora_wd"] = str(cfg.use_dora)
+    kwargs["wd_on_output"] = str(cfg.dora_on_output)
     conv_dim = cfg.effective_conv_dim
     kwargs["conv_dim"] = conv_dim or 0
     kwargs["conv_alpha"] = cfg.effective_conv_alpha if cfg.effective_conv_alpha is not None else (conv_dim or 1)
@@ -202,6 +255,13 @@ def load_network_weights(network, state: dict[str, torch.Tensor], name_map: dict
             "was it trained on another architecture or with another network type?"
         )
     for key, value in renamed.items():
+        if key in own and own[key].shape != value.shape and key.endswith(".dora_scale"):
+            raise NetworkError(tr(
+                "the network_weights file keeps DoRA's magnitude on the other axis ({file_shape} for {key}, this "
+                "network {own_shape}): a file with one per output row, shape (out, 1), continues with "
+                "wd_on_output=True in network_args (A1111 and Forge apply such files wrongly); one per input "
+                "column, shape (1, in), without it",
+                file_shape=tuple(value.shape), key=key, own_shape=tuple(own[key].shape)))
         if key in own and own[key].shape != value.shape:
             raise NetworkError(
                 f"the network_weights file has {tuple(value.shape)} for {key} but this config makes "

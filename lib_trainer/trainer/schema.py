@@ -14,11 +14,26 @@ from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from lib_trainer.common.files import atomic_write_text
+from lib_trainer.common.i18n import tr
 
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "SGD")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 NETWORK_MODULES = ("networks.lora", "lycoris.kohya")
 ALGOS = ("lora", "locon", "loha", "lokr")
+# network_args each network_module reads here. lycoris.kohya: what lycoris-lora's create_network reads (its
+# deprecated spellings included; "preset" is Train Tools' own, chosen from conv_dim). networks.lora: the part of
+# sd-scripts' networks/lora.py arguments this trainer implements (through lycoris); its block-wise dims and learning
+# rates (block_dims, down_lr_weight, ...) are not.
+LYCORIS_NETWORK_ARGS = (
+    "algo", "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "use_tucker", "use_scalar",
+    "disable_conv_cp", "use_conv_cp", "use_cp", "block_size", "train_norm", "constraint", "constrain", "rescaled",
+    "dora_wd", "wd_on_output", "full_matrix", "decompose_both", "factor", "unbalanced_factorization", "bypass_mode",
+    "rs_lora", "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
+)
+LORA_NETWORK_ARGS = (
+    "conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+    "loraplus_text_encoder_lr_ratio",
+)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 SAVE_PRECISION = ("float", "fp16", "bf16")
 SAMPLERS = (
@@ -80,7 +95,10 @@ class TrainConfig:
     min_bucket_reso: int = _f(256, "Smallest bucket side.")
     max_bucket_reso: int = _f(1024, "Largest bucket side.")
     bucket_reso_steps: int = _f(64, "Bucket sides are multiples of this.")
-    bucket_no_upscale: bool = _f(False, "Accepted for sd-scripts compatibility; pictures are always scaled to a bucket.")
+    bucket_no_upscale: bool = _f(
+        False, "With enable_bucket: never enlarge a picture. One within the resolution's area trains in a bucket of "
+               "its own size rounded down to bucket_reso_steps (only cropped); a larger one is shrunk to that area, "
+               "as sd-scripts does. min/max_bucket_reso are then not used.")
     prior_loss_weight: float = _f(1.0, "Loss weight of regularization pictures.")
     cache_latents: bool = _f(False, "Encode every picture once before training (faster, less VRAM).")
     cache_latents_to_disk: bool = _f(False, "Keep the cached latents on disk so the next run reuses them.")
@@ -90,7 +108,8 @@ class TrainConfig:
     network_alpha: float = _f(1.0, "LoRA alpha; the update is scaled by alpha/dim.")
     conv_dim: Optional[int] = _f(None, "Rank of 3x3 conv layers (LoCon). Unset: conv layers are not trained.")
     conv_alpha: Optional[float] = _f(None, "Alpha of conv layers.")
-    network_args: list = _f([], "Extra network options as 'key=value' (algo=locon|loha|lokr, dora_wd=True, conv_dim=4 ...).")
+    network_args: list = _f([], "Extra network options as 'key=value' (algo=locon|loha|lokr, dora_wd=True, conv_dim=4 "
+                                "...); a key the network_module does not read is refused.")
     network_weights: Optional[str] = _f(None, "Continue training from this LoRA file.")
     network_train_unet_only: bool = _f(False, "Train the UNet only; the text encoder stays frozen.")
     network_train_text_encoder_only: bool = _f(False, "Train the text encoder(s) only.")
@@ -100,7 +119,8 @@ class TrainConfig:
     text_encoder_lr: Optional[float] = _f(None, "Learning rate of the text-encoder part of the network.")
     optimizer_type: str = _f("AdamW", "AdamW, AdamW8bit (CUDA), Lion, Prodigy, Adafactor or SGD.")
     optimizer_args: list = _f([], "Extra optimizer options as 'key=value' (weight_decay=0.01, betas=0.9,0.99 ...).")
-    lr_scheduler: str = _f("constant", "constant, constant_with_warmup, cosine, cosine_with_restarts, linear, polynomial.")
+    lr_scheduler: str = _f("constant", "constant, constant_with_warmup, cosine, cosine_with_restarts, linear, polynomial "
+                                       "(constant with a warm-up trains as constant_with_warmup).")
     lr_warmup_steps: Union[int, float] = _f(0, "Warm-up steps (a number below 1 is a fraction of all steps).")
     lr_scheduler_num_cycles: int = _f(1, "Restarts of cosine_with_restarts.")
     lr_scheduler_power: float = _f(1.0, "Power of the polynomial scheduler.")
@@ -111,8 +131,10 @@ class TrainConfig:
     max_train_steps: int = _f(1600, "Steps to train when max_train_epochs is unset.")
     seed: Optional[int] = _f(None, "Random seed; the same seed and config give the same weights on one machine.")
     mixed_precision: str = _f("no", "no, fp16 or bf16 (CUDA only; CPU always trains in fp32).")
-    full_fp16: bool = _f(False, "Accepted for compatibility; the network is always kept in fp32.")
-    full_bf16: bool = _f(False, "Accepted for compatibility; the network is always kept in fp32.")
+    full_fp16: bool = _f(False, "sd-scripts' network in fp16; not done here: the network trains in fp32 under "
+                                "mixed_precision (a warning says so, the metadata says False).")
+    full_bf16: bool = _f(False, "sd-scripts' network in bf16; not done here: the network trains in fp32 under "
+                                "mixed_precision (a warning says so).")
     no_half_vae: bool = _f(False, "Keep the VAE in fp32 (needed by some SDXL VAEs in fp16).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less VRAM, slower.")
     noise_offset: Optional[float] = _f(None, "Noise offset (0.05-0.1 helps very dark/bright pictures).")
@@ -184,6 +206,12 @@ class TrainConfig:
     @property
     def use_dora(self) -> bool:
         return str(self.network_kwargs.get("dora_wd", "false")).lower() in ("1", "true", "yes")
+
+    @property
+    def dora_on_output(self) -> bool:
+        """Where DoRA keeps its magnitude: False (the default here; lycoris' is True) puts it on the input axis,
+        ``dora_scale`` of shape (1, in, …), the layout A1111 1.10 and Forge apply correctly (see network.py)."""
+        return str(self.network_kwargs.get("wd_on_output", "false")).lower() in ("1", "true", "yes")
 
     @property
     def effective_save_precision(self) -> str:
@@ -307,6 +335,29 @@ def config_from_dict(data: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
     return TrainConfig(**values), warnings
 
 
+def network_args_problems(cfg: TrainConfig) -> list[str]:
+    """network_args the network_module would not read (they would change nothing, or were mistyped), named with
+    the ones it reads. LyCORIS and sd-scripts skip such keys silently."""
+    if cfg.network_module not in NETWORK_MODULES:
+        return []
+    lycoris = cfg.network_module == "lycoris.kohya"
+    known = LYCORIS_NETWORK_ARGS if lycoris else LORA_NETWORK_ARGS
+    unread = [key for key in cfg.network_kwargs if key not in known]
+    if not unread:
+        return []
+    needs_lycoris = [key for key in unread if not lycoris and key in LYCORIS_NETWORK_ARGS]
+    others = [key for key in unread if key not in needs_lycoris]
+    problems = []
+    if needs_lycoris:
+        problems.append(tr("network_args {names} need network_module = \"lycoris.kohya\" (networks.lora does not read "
+                           "them)", names=", ".join(needs_lycoris)))
+    if others:
+        problems.append(tr("network_args {names} are not read by {module}, so they would change nothing: remove "
+                           "them or correct their spelling ({module} reads {known})", names=", ".join(others),
+                           module=cfg.network_module, known=", ".join(known)))
+    return problems
+
+
 def validate(cfg: TrainConfig) -> None:
     """Checks that need no files. Raises ConfigError with every problem found."""
     problems: list[str] = []
@@ -338,6 +389,7 @@ def validate(cfg: TrainConfig) -> None:
     try:
         if cfg.algo not in ALGOS:
             problems.append(f"algo={cfg.algo} is not supported; use one of {', '.join(ALGOS)}")
+        problems.extend(network_args_problems(cfg))
         cfg.optimizer_kwargs
     except ConfigError as exc:
         problems.append(str(exc))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lib_trainer.common.files import atomic_save
+from lib_trainer.common.i18n import tr
 from lib_trainer.common.tracebacks import traceback_tail
 
 from . import buckets as bucketing
@@ -28,9 +29,10 @@ from .folders import describe_empty, scan_dataset
 from .metadata import build_metadata, finalize_metadata
 from .models import LoadedModel, ModelLoadError, load_model
 from .network import (
-    NetworkError, create_network, describe_network, load_network_weights, network_state_for_file, unet_name_map,
+    NetworkError, create_network, describe_network, load_network_weights, network_args_used, network_state_for_file,
+    unet_name_map,
 )
-from .optim import create_optimizer, create_scheduler, describe_optimizer, warmup_steps
+from .optim import create_optimizer, create_scheduler, describe_optimizer, relative_step, schedule_plan
 from .holdout import choose_holdout, fixed_noise_score
 from .schema import ConfigError, TrainConfig, validate
 from .state import load_training_state, save_training_state
@@ -68,6 +70,15 @@ class Trainer:
         mixed = training_precision(cfg.mixed_precision, cuda)
         if cfg.mixed_precision != mixed:
             self.warn(f"mixed_precision={cfg.mixed_precision} needs a CUDA GPU; training in fp32 on the CPU")
+        for key in ("full_fp16", "full_bf16"):
+            if getattr(cfg, key):
+                self.warn(tr("{key} is not done here: the network trains in fp32 (mixed precision applies to the "
+                             "model), which takes a little more memory; the file's metadata says ss_full_fp16 = False",
+                             key=key))
+        if cfg.bucket_no_upscale and not cfg.enable_bucket:
+            self.warn(tr("bucket_no_upscale needs enable_bucket = true; without buckets every picture is scaled to "
+                         "the resolution"))
+        self.mixed_precision = mixed  # what the metadata records
         self.accelerator = Accelerator(mixed_precision=mixed)  # accumulation is done in train()
         self.device = self.accelerator.device
         self.events.enabled = self.accelerator.is_main_process
@@ -133,6 +144,10 @@ class Trainer:
         # loader initialises layers it then overwrites, but nothing here should rely on that)
         torch.manual_seed(data_mod.derive_seed(self.seed, "network"))
         self.network = create_network(cfg, m.text_encoders, m.unet, self.train_unet, self.train_te)
+        if cfg.use_dora and cfg.dora_on_output:
+            self.warn(tr("wd_on_output=True keeps DoRA's magnitude per output row: A1111 1.10 and Forge apply such a "
+                         "file wrongly (they normalise per input column); leave wd_on_output out for files they "
+                         "apply as trained"))
         self.name_map = unet_name_map(m.unet, m.arch)
         self.network_info = describe_network(self.network)
         if cfg.network_weights:
@@ -166,9 +181,12 @@ class Trainer:
             self.total_steps = cfg.max_train_steps
             self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
-        self.optimizer = create_optimizer(cfg, params, self.device)
+        self.optimizer = create_optimizer(cfg, params, self.device, self.warn)
         self.optimizer_desc = describe_optimizer(self.optimizer, cfg)
-        self.lr_scheduler = create_scheduler(cfg, self.optimizer, self.total_steps)
+        scheduler, warmup, notes = schedule_plan(cfg, self.optimizer, self.total_steps)
+        for note in notes:
+            self.warn(note)
+        self.lr_scheduler = create_scheduler(cfg, self.optimizer, self.total_steps, scheduler, warmup)
         # not wrapped in DistributedDataParallel: see distributed.average_gradients
         self.optimizer = self.accelerator.prepare(self.optimizer)
 
@@ -192,8 +210,10 @@ class Trainer:
             max_train_steps=self.total_steps, dataset_dirs=self.scan.dataset_dirs(),
             reg_dataset_dirs=self.scan.dataset_dirs(reg=True), tag_frequency=self.scan.tag_frequency(),
             bucket_info=self.plan.bucket_info() if cfg.enable_bucket else None,
-            optimizer_desc=self.optimizer_desc,
-            lr_warmup_steps=warmup_steps(cfg, self.total_steps), train_unet=self.train_unet, train_text_encoder=self.train_te,
+            optimizer_desc=self.optimizer_desc, mixed_precision=self.mixed_precision, lr_scheduler=scheduler,
+            lr_warmup_steps=warmup,
+            learning_rates_used=not relative_step(self.optimizer), bucket_no_upscale=self.plan.no_upscale,
+            network_args=network_args_used(cfg), train_unet=self.train_unet, train_text_encoder=self.train_te,
         )
         self.global_step = 0
         self.start_epoch = 0
@@ -215,13 +235,14 @@ class Trainer:
         latents: list[Optional[torch.Tensor]] = []
         todo = []
         for i, (sample, flip) in enumerate(zip(batch.samples, flips)):
-            cached = self.latent_cache.get(sample.entry, batch.bucket, flip) if self.latent_cache else None
+            cached = self.latent_cache.get(sample.entry, batch.bucket, flip, sample.resized) if self.latent_cache else None
             latents.append(cached)
             if cached is None:
                 todo.append(i)
         # cached latents need no picture decode; SDXL's size conditioning is plain geometry
-        time_ids = [bucketing.sdxl_time_ids(s.entry.size, batch.bucket) for s in batch.samples]
-        pixel_list = {i: data_mod.pixels(batch.samples[i].entry, batch.bucket, flips[i])[0] for i in todo}
+        time_ids = [bucketing.sdxl_time_ids(s.entry.size, batch.bucket, s.resized) for s in batch.samples]
+        pixel_list = {i: data_mod.pixels(batch.samples[i].entry, batch.bucket, flips[i], batch.samples[i].resized)[0]
+                      for i in todo}
         if todo:
             stacked = torch.stack([pixel_list[i] for i in todo]).to(self.device, dtype=m.vae.dtype)
             with torch.no_grad():
@@ -235,7 +256,8 @@ class Trainer:
             for j, i in enumerate(todo):
                 latents[i] = encoded[j]
                 if self.latent_cache is not None:
-                    self.latent_cache.put(batch.samples[i].entry, batch.bucket, flips[i], encoded[j])
+                    self.latent_cache.put(batch.samples[i].entry, batch.bucket, flips[i], encoded[j],
+                                          batch.samples[i].resized)
         return torch.stack([lat.to(self.device, torch.float32) for lat in latents]), time_ids
 
     @staticmethod
@@ -325,7 +347,7 @@ class Trainer:
         m = self.model
 
         def encode(entry):
-            px, ids = data_mod.pixels(entry, self.plan.bucket_for(entry), flip=False)
+            px, ids = data_mod.pixels(entry, self.plan.bucket_for(entry), False, self.plan.resized_for(entry))
             latent = m.vae.encode(px[None].to(self.device, m.vae.dtype)).latent_dist.mean.float()
             return latent * m.vae.config.scaling_factor, ids
 
@@ -455,7 +477,7 @@ class Trainer:
                     now = time.perf_counter()
                     it_s = (self.global_step - step_last) / max(now - t_last, 1e-9)
                     t_last, step_last = now, self.global_step
-                    lrs = self.lr_scheduler.get_last_lr()
+                    lrs = [float(lr) for lr in self.lr_scheduler.get_last_lr()]  # Adafactor's own are tensors
                     self.events.emit(
                         "step", step=self.global_step, epoch=epoch + 1, loss=round(mean_loss, 6), lr=lrs[-1],
                         it_per_s=round(it_s, 4), eta_s=round((self.total_steps - self.global_step) / max(it_s, 1e-9), 1),
