@@ -82,3 +82,45 @@ def test_cancel_and_refresh(tmp_path):
     project, version, _, _ = project_bar.on_refresh(ctx, "gone", None)
     assert value(project) == "dog" and value(version) == "v1"
     assert value(project_bar.on_project_change(ctx, "dog", "v7")) == "v1"
+
+
+def test_a_message_goes_when_the_state_it_tells_of_changes(tmp_path):
+    """"Created project … Next: add pictures below" holds for that project until it has pictures; any message
+    goes when another project or version is shown."""
+    from lib_trainer.ui import compat
+
+    ctx = make_context(tmp_path)
+    created = project_bar.on_create_project(ctx, "dog")
+    about = project_bar.message_about(created, until_pictures=True)
+    assert about == {"selection": ["dog", "v1"], "until_pictures": True}
+    kept = compat.unchanged(), compat.unchanged()
+    assert project_bar.on_selection_shown("dog", "v1", about) == kept  # the new project is shown: it stays
+    assert project_bar.on_pictures_changed(ctx, "dog", "v1", about) == kept  # an import that added nothing
+    (ctx.version("dog", "v1").source_dir / "a.png").write_bytes(b"png")
+    assert project_bar.on_pictures_changed(ctx, "dog", "v1", about) == ("", None)
+    project_bar.on_create_project(ctx, "cat")
+    assert project_bar.on_selection_shown("cat", "v1", about) == ("", None)  # another project chosen
+    renamed = project_bar.on_rename(ctx, "project", "cat", "v1", "kitten")
+    about = project_bar.message_about(renamed)
+    assert project_bar.on_pictures_changed(ctx, "kitten", "v1", about) == kept  # not about the pictures
+    assert project_bar.on_selection_shown("dog", "v1", about) == ("", None)
+    failed = project_bar.on_create_project(ctx, "a/b")
+    about = project_bar.message_about(failed)  # an error selects nothing: it goes at the next change
+    assert about["selection"] == [] and project_bar.on_selection_shown("dog", "v1", about) == ("", None)
+    assert project_bar.message_about(project_bar.on_refresh(ctx, "dog", "v1")) is None
+
+
+def test_the_trash_shows_its_kinds_translated_and_restores_by_id(tmp_path):
+    from lib_trainer.common.i18n import set_language
+
+    ctx = make_context(tmp_path)
+    project_bar.on_create_project(ctx, "dog")
+    project_bar.on_create_version(ctx, "dog", "v1", "v2", clone=False)
+    set_language("zh_CN")
+    try:
+        *_, trash = project_bar.on_delete_confirm(ctx, ["version", "dog", "v2"])
+        assert choices(trash)[0].endswith(" · 版本 · dog/v2") and "version" not in choices(trash)[0]
+        project, version, message, trash = project_bar.on_restore(ctx, choices(trash)[0], "dog", "v1")
+    finally:
+        set_language(None)
+    assert value(version) == "v2" and ctx.version("dog", "v2") is not None and choices(trash) == []

@@ -5,7 +5,7 @@ them) and their undo. The captions are the ``.txt`` files beside ``dataset/train
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple
 
 import gradio as gr
@@ -45,6 +45,7 @@ class CaptionsPanel:
     threshold: Any = None
     existing: Any = None
     run_tagger: Any = None
+    edited: List[Any] = field(default_factory=list)  # the events that change captions (the report counts them)
 
     def edit_outputs(self) -> List[Any]:
         """What an edit changes (panel_updates)."""
@@ -383,22 +384,27 @@ def build(ctx: UIContext, project: Any, version: Any) -> CaptionsPanel:
         return on_caption(ctx, p, v, t, th, ex, progress)
 
     gallery.select(select, [names, project, version], [selected, selected_label, caption], queue=False)
-    save.click(lambda p, v, s, t: on_save_caption(ctx, p, v, s, t), [project, version, selected, caption], outputs)
-    run_tagger.click(caption_all, [project, version, tagger, threshold, existing], outputs)
+    panel.edited = [save.click(lambda p, v, s, t: on_save_caption(ctx, p, v, s, t), [project, version, selected,
+                                                                                    caption], outputs)]
+    panel.edited.append(run_tagger.click(caption_all, [project, version, tagger, threshold, existing], outputs))
     panel.trigger_set = set_trigger.click(lambda p, v, sc, s, w: on_tool(ctx, "trigger", p, v, sc, s, w),
                                           base + [trigger], outputs)
-    add.click(lambda p, v, sc, s, t: on_tool(ctx, "add", p, v, sc, s, t, False), base + [tags], outputs)
-    add_front.click(lambda p, v, sc, s, t: on_tool(ctx, "add", p, v, sc, s, t, True), base + [tags], outputs)
-    remove.click(lambda p, v, sc, s, t: on_tool(ctx, "remove", p, v, sc, s, t), base + [tags], outputs)
-    replace.click(lambda p, v, sc, s, a, b: on_tool(ctx, "replace", p, v, sc, s, a, b), base + [old, new], outputs)
-    dedupe.click(lambda p, v, sc, s: on_tool(ctx, "dedupe", p, v, sc, s), base, outputs)
-    sort.click(lambda p, v, sc, s, o: on_tool(ctx, "sort", p, v, sc, s, o), base + [sort_order], outputs)
-    undo.click(lambda p, v, sc, s: on_tool(ctx, "undo", p, v, sc, s), base, outputs)
-    remove_suggested.click(lambda p, v, sc, s, chosen: on_tool(ctx, "remove", p, v, sc, s, list(chosen or [])),
-                           base + [suggestion_box], outputs)
+    panel.edited += [
+        panel.trigger_set,
+        add.click(lambda p, v, sc, s, t: on_tool(ctx, "add", p, v, sc, s, t, False), base + [tags], outputs),
+        add_front.click(lambda p, v, sc, s, t: on_tool(ctx, "add", p, v, sc, s, t, True), base + [tags], outputs),
+        remove.click(lambda p, v, sc, s, t: on_tool(ctx, "remove", p, v, sc, s, t), base + [tags], outputs),
+        replace.click(lambda p, v, sc, s, a, b: on_tool(ctx, "replace", p, v, sc, s, a, b), base + [old, new],
+                      outputs),
+        dedupe.click(lambda p, v, sc, s: on_tool(ctx, "dedupe", p, v, sc, s), base, outputs),
+        sort.click(lambda p, v, sc, s, o: on_tool(ctx, "sort", p, v, sc, s, o), base + [sort_order], outputs),
+        undo.click(lambda p, v, sc, s: on_tool(ctx, "undo", p, v, sc, s), base, outputs),
+        remove_suggested.click(lambda p, v, sc, s, chosen: on_tool(ctx, "remove", p, v, sc, s, list(chosen or [])),
+                               base + [suggestion_box], outputs)]
     return panel
 
 
-__all__ = ["CaptionsPanel", "build", "on_refresh", "panel_updates", "tagger_updates", "on_select", "on_save_caption", "on_tool", "on_caption",
+__all__ = ["CaptionsPanel", "build", "on_refresh", "panel_updates", "tagger_updates", "on_select", "on_save_caption",
+           "on_tool", "on_caption",
            "gallery_items", "frequency_markdown", "suggestions", "tagger_state", "SCOPE_CHOICES",
            "EXISTING_CHOICES", "SORT_CHOICES"]

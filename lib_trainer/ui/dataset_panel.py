@@ -52,6 +52,13 @@ class DatasetPanel:
     import_done: List[Any]  # the events after which other panels refresh
     import_about: Any = None  # gr.State: the imported pictures the import message tells of
 
+    def follow_captions(self, ctx: UIContext, project: Any, version: Any, events: List[Any]) -> None:
+        """After each of ``events`` (caption edits), the report counts the captions again."""
+        for event in events:
+            event.then(lambda p, v, w, h, c: report_markdown(ctx.version(p, v), w, h, c),
+                       [project, version, self.width, self.height, self.crop], [self.report], queue=False,
+                       show_progress=compat.HIDDEN)
+
     def refresh_outputs(self) -> List[Any]:
         return [self.report, self.width, self.height, self.crop, self.flip, self.face_crops, self.upscaler,
                 self.concept, self.repeats, self.repeats_hint, self.import_message, self.preprocess_message,

@@ -61,6 +61,15 @@ class ProjectBar:
     trash: Any
     #: What can change the selection; tab.py wires each with the refresh of every panel.
     actions: List[SelectionAction] = field(default_factory=list)
+    #: gr.State: what the message tells of (message_about), so that it goes when that changes.
+    about: Any = None
+
+    def follow_pictures(self, ctx: UIContext, events: List[Any]) -> None:
+        """After each of ``events`` (the dataset's imports), a message about an empty version goes once the
+        version has pictures."""
+        for event in events:
+            event.then(lambda p, v, a: on_pictures_changed(ctx, p, v, a), [self.project, self.version, self.about],
+                       [self.message, self.about], queue=False, show_progress=compat.HIDDEN)
 
 
 def next_version_name(existing: List[str]) -> str:
@@ -84,8 +93,40 @@ def _selection(ctx: UIContext, project: Optional[str], version: Optional[str], m
             message)
 
 
+def message_about(updates: Updates, until_pictures: bool = False) -> Any:
+    """What the message among an action's updates (project, version, message, …) tells of: the selection it leaves
+    (None when it selects nothing, e.g. after an error: such a message goes at the next change of the selection),
+    and whether it holds only until the version has pictures ("Next: add pictures"); None for no message."""
+    if not isinstance(updates[2], str):
+        return compat.unchanged()
+    if not updates[2]:
+        return None
+    return {"selection": list(selection_after((), updates) or ()), "until_pictures": until_pictures}
+
+
+def on_selection_shown(project: Optional[str], version: Optional[str], about: Any) -> Updates:
+    """(message, about) when the selection is (project, version): the message goes when it told of another."""
+    if not about or about.get("selection") == [project, version]:
+        return compat.unchanged(), compat.unchanged()
+    return "", None
+
+
+def on_pictures_changed(ctx: UIContext, project: Optional[str], version: Optional[str], about: Any) -> Updates:
+    """(message, about) after an import: a message that holds until the version has pictures goes once it has."""
+    selected = ctx.version(project, version)
+    if not about or not about.get("until_pictures") or selected is None or not selected.source_dir.is_dir() or \
+            not any(selected.source_dir.iterdir()):
+        return compat.unchanged(), compat.unchanged()
+    return "", None
+
+
+def trash_kind(kind: str) -> str:
+    """A trash entry's kind as shown (the entry is found again by its id, the label's first part)."""
+    return {"project": tr("Project"), "version": tr("Version"), "files": tr("Files")}.get(kind, kind)
+
+
 def trash_choices(ctx: UIContext) -> List[str]:
-    return [f"{e.id} · {e.kind} · {e.label}" for e in ctx.workspace.trash()]
+    return [f"{e.id} · {trash_kind(e.kind)} · {e.label}" for e in ctx.workspace.trash()]
 
 
 def on_refresh(ctx: UIContext, project: Optional[str], version: Optional[str]) -> Updates:
@@ -255,22 +296,28 @@ def build(ctx: UIContext) -> ProjectBar:
             restore = gr.Button(tr("Restore"), elem_id="train_tools_restore", scale=1)
     message = gr.HTML("", elem_id="train_tools_project_message")
     pending = gr.State(None)
+    about = gr.State(None)  # message_about of the message
 
     bar = ProjectBar(project, version, refresh, message, new_project, new_version, rename_to, confirm_row,
-                     confirm_text, pending, trash)
+                     confirm_text, pending, trash, about=about)
     selection = [project, version, message]
 
-    def action(listener, fn, inputs, outputs):
-        bar.actions.append(SelectionAction(listener, fn, inputs, outputs))
+    def action(listener, fn, inputs, outputs, until_pictures=False):
+        def told(*args):
+            updates = tuple(fn(*args))
+            return updates + (message_about(updates, until_pictures),)
+
+        bar.actions.append(SelectionAction(listener, told, inputs, outputs + [about]))
 
     # Picking a project; also fired by the actions below that set it, whose panels are then shown already.
     bar.actions.append(SelectionAction(project.change, lambda p, v: (on_project_change(ctx, p, v),),
                                        [project, version], [version], force=False,
                                        selected=lambda args, updates: (args[0], updates[0].get("value"))))
     action(refresh.click, lambda p, v: on_refresh(ctx, p, v), [project, version], selection + [trash])
-    action(create_project.click, lambda n: on_create_project(ctx, n), [new_project], selection + [new_project])
+    action(create_project.click, lambda n: on_create_project(ctx, n), [new_project], selection + [new_project],
+           until_pictures=True)
     action(create_version.click, lambda p, v, n: on_create_version(ctx, p, v, n, False),
-           [project, version, new_version], selection + [new_version])
+           [project, version, new_version], selection + [new_version], until_pictures=True)
     action(clone_version.click, lambda p, v, n: on_create_version(ctx, p, v, n, True),
            [project, version, new_version], selection + [new_version])
     action(rename_project.click, lambda p, v, n: on_rename(ctx, "project", p, v, n),
@@ -286,9 +333,15 @@ def build(ctx: UIContext) -> ProjectBar:
     delete_version.click(lambda p, v: on_delete_request("version", p, v), [project, version],
                          [confirm_row, confirm_text, pending, message], queue=False)
     cancel.click(on_delete_cancel, None, [confirm_row, pending, message], queue=False)
+    # A message about another selection goes when the person picks one (the actions' own selections come with
+    # their own message; "input" is the person's pick only, "change" also echoes what an action set).
+    for picked in (project, version):
+        picked.input(on_selection_shown, [project, version, about], [message, about], queue=False,
+                     show_progress=compat.HIDDEN)
     return bar
 
 
 __all__ = ["ProjectBar", "SelectionAction", "selection_after", "build", "next_version_name", "on_create_project",
            "on_create_version", "on_rename", "on_delete_request", "on_delete_confirm", "on_restore",
-           "on_project_change", "on_refresh", "trash_choices"]
+           "on_project_change", "on_refresh", "trash_choices", "message_about", "on_selection_shown",
+           "on_pictures_changed"]

@@ -158,6 +158,8 @@ def build_tab(ctx: UIContext) -> gr.Blocks:
             event.then(lambda p, v: captions_panel.on_refresh(ctx, p, v), [project, version],
                        captions.refresh_outputs()).then(
                 lambda p, v: train_panel.on_refresh(ctx, p, v), [project, version], train.refresh_outputs())
+        bar.follow_pictures(ctx, dataset.import_done)  # "Next: add pictures" goes once there are pictures
+        dataset.follow_captions(ctx, project, version, captions.edited)  # the report counts the captions
         for event in train.started:
             event.then(do_poll, poll_inputs, poll_outputs, show_progress=compat.HIDDEN)
         captions.trigger_set.then(lambda p, v: train_panel.on_refresh(ctx, p, v), [project, version],
