@@ -25,6 +25,7 @@ WORKSPACE_ENV = "TRAIN_TOOLS_WORKSPACE"
 DEFAULT_WORKSPACE = Path("outputs") / "train_tools"
 TINY_MODEL_NAME = "tiny-sd1-embedded.safetensors"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SHUTDOWN_WAIT_S = 15.0  # after Ctrl-C: how long the image being drawn may take to stop
 
 
 def use_trainer_deps() -> None:
@@ -63,8 +64,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def make_context(args: argparse.Namespace) -> Tuple[Any, List[str]]:
     """The UIContext (workspace, standalone host, started job runner) and notes for the console."""
     use_trainer_deps()
-    from lib_trainer.preview.config import should_run_after_training
-    from lib_trainer.preview.run import run_preview
+    from lib_trainer.preview.tasks import PreviewTasks, after_training_hook
     from lib_trainer.hosts.standalone import StandaloneHost
     from lib_trainer.jobs.runner import JobRunner
     from lib_trainer.projects import Workspace
@@ -94,11 +94,8 @@ def make_context(args: argparse.Namespace) -> Tuple[Any, List[str]]:
     # not inside the first page load, where it would stall the server for seconds.
     host.checkpoints()
 
-    def after_train(version: Any) -> None:
-        if should_run_after_training(version):
-            run_preview(version, host)
-
-    runner = JobRunner(workspace, host, after_train=after_train).start()
+    previews = PreviewTasks(host)
+    runner = JobRunner(workspace, host, after_train=after_training_hook(previews)).start()
     cuda = cuda_available()
     if not cuda:
         notes.append(tr("No NVIDIA GPU: training runs on the CPU (slow except for the tiny model)."))
@@ -108,7 +105,7 @@ def make_context(args: argparse.Namespace) -> Tuple[Any, List[str]]:
     if not local:
         notes.append(tr("Listening on {host}: anyone who can reach it can use the tab. \"Import folder\" is limited "
                         "to the workspace.", host=args.host))
-    return UIContext(workspace, host, runner, settings), notes
+    return UIContext(workspace, host, runner, settings, previews=previews), notes
 
 
 def build_app(ctx: Any) -> Any:
@@ -142,7 +139,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        ctx.runner.shutdown(stop_running=False)  # a running trainer goes on; the next start reattaches
+        # A preview being drawn stops (it resumes where it stopped with the next Preview); a running trainer goes
+        # on and the next start reattaches to it.
+        print(tr("Train Tools: stopping…"), flush=True)
+        ctx.previews.stop_all(timeout=SHUTDOWN_WAIT_S)
+        ctx.runner.shutdown(stop_running=False, timeout=SHUTDOWN_WAIT_S)
     return 0
 
 

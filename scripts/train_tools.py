@@ -96,22 +96,19 @@ def _ui_settings(workspace_root=None):
 
 
 def _create_context():
-    from lib_trainer.preview.run import run_preview
-    from lib_trainer.jobs.runner import JobRunner
     from lib_trainer.hosts.webui.host import WebUIHost
+    from lib_trainer.jobs.runner import JobRunner
+    from lib_trainer.preview.tasks import PreviewTasks, after_training_hook
     from lib_trainer.projects import Workspace
     from lib_trainer.ui.context import UIContext
 
     host = WebUIHost()
     root = (_opt("train_tools_workspace", "") or "").strip() or str(host.outputs_dir() / "train_tools")
     workspace = Workspace(root)
-
-    def after_train(version):
-        run_preview(version, host)
-
-    runner = JobRunner(workspace, host, _LiveRunnerSettings(), after_train=after_train)
+    previews = PreviewTasks(host)
+    runner = JobRunner(workspace, host, _LiveRunnerSettings(), after_train=after_training_hook(previews))
     runner.start()
-    return UIContext(workspace, host, runner, settings=lambda: _ui_settings(workspace.root))
+    return UIContext(workspace, host, runner, settings=lambda: _ui_settings(workspace.root), previews=previews)
 
 
 def context():

@@ -29,6 +29,7 @@ from lib_trainer.preview.grid import GridFiles, write_grids
 from lib_trainer.projects import CheckpointFile, now_iso, Version
 
 ProgressCallback = Callable[[int, int, PreviewCell], None]
+PlanCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -129,6 +130,7 @@ def run_preview(
     checkpoints: Optional[Iterable[CheckpointRef]] = None,
     stop: Optional[threading.Event] = None,
     progress: Optional[ProgressCallback] = None,
+    planned: Optional[PlanCallback] = None,
     font_path: Optional[str] = None,
     restart: bool = False,
     build_grid: bool = True,
@@ -138,21 +140,22 @@ def run_preview(
     ``config`` defaults to the version's stored preview config. ``checkpoints`` limits the run to some
     checkpoints ("preview this checkpoint"); the grids still show every checkpoint (undrawn cells as
     placeholders). ``stop`` is checked between cells and passed to host.txt2img; ``progress(done, total, cell)``
-    is called after each cell drawn (``done`` counts the cells reused from earlier runs too). ``restart`` starts
+    is called after each cell drawn (``done`` counts the cells reused from earlier runs too), ``planned(done, total)``
+    once before the first cell is drawn. ``restart`` starts
     a new manifest (and a new seed when the seed is -1). Raises PreviewBusy when a preview of the version runs.
     """
     lock = version_lock(version)
     if not lock.acquire(blocking=False):
         raise PreviewBusy(tr("A preview of \"{version}\" is already running.", version=version.key))
     try:
-        return _run(version, host, config, checkpoints, stop, progress, font_path, restart, build_grid)
+        return _run(version, host, config, checkpoints, stop, progress, planned, font_path, restart, build_grid)
     finally:
         lock.release()
 
 
 def _run(version: Version, host: Host, config: Optional[PreviewConfig], wanted: Optional[Iterable[CheckpointRef]],
-         stop: Optional[threading.Event], progress: Optional[ProgressCallback], font_path: Optional[str],
-         restart: bool, build_grid: bool) -> PreviewResult:
+         stop: Optional[threading.Event], progress: Optional[ProgressCallback], planned: Optional[PlanCallback],
+         font_path: Optional[str], restart: bool, build_grid: bool) -> PreviewResult:
     started = time.perf_counter()
     config = config if config is not None else load_config(version, host)
     config.validate()
@@ -188,6 +191,8 @@ def _run(version: Version, host: Host, config: Optional[PreviewConfig], wanted: 
     txt2img_s = 0.0
     path = manifest_path(version)
     write_manifest(path, manifest)
+    if planned is not None:
+        planned(done, len(cells))
 
     for cell in pending:
         if stop is not None and stop.is_set():

@@ -210,7 +210,9 @@ def _config_from_fields(ctx: UIContext, version: Version, values: List[Any]):
 
 def on_preview(ctx: UIContext, project: Optional[str], version_name: Optional[str], checkpoint: Optional[str],
                only_this: bool, *settings: Any) -> str:
-    """Start drawing the preview (all checkpoints, or only the selected one) in the background."""
+    """Start drawing the preview (all checkpoints, or only the selected one) in the background, in place of one
+    being drawn (the automatic one after training, or an earlier Preview). "" once started: the status line above
+    the grid tells its progress and outcome, where a message would outlive it."""
     from lib_trainer.preview.cells import PreviewError
 
     version = ctx.version(project, version_name)
@@ -224,17 +226,17 @@ def on_preview(ctx: UIContext, project: Optional[str], version_name: Optional[st
         return messages.error(tr("Pick a checkpoint first."))
     try:
         config = _config_from_fields(ctx, version, list(settings))
-        ctx.previews.start(version, [checkpoint] if only_this else None, config)
+        ctx.previews.start(version, [checkpoint] if only_this else None, config, origin="tab", replace=True)
     except PreviewError as exc:
         return messages.error(str(exc))
-    return messages.ok(tr("Drawing the preview in the background; the grid appears here when it is done."))
+    return ""
 
 
 def on_stop_preview(ctx: UIContext, project: Optional[str], version_name: Optional[str]) -> str:
     version = ctx.version(project, version_name)
     if version is None or not ctx.previews.stop(version):
         return messages.info(tr("No preview is being drawn."))
-    return messages.ok(tr("Stopping the preview after the current picture."))
+    return ""  # the status line says "Stopping…", then where it stopped
 
 
 def on_pick_checkpoint(ctx: UIContext, project: Optional[str], version_name: Optional[str],

@@ -43,13 +43,14 @@ class UIContext:
     """
 
     def __init__(self, workspace: Union[Workspace, str], host: "Host", runner: Any,
-                 settings: Union[UISettings, Callable[[], UISettings], None] = None):
+                 settings: Union[UISettings, Callable[[], UISettings], None] = None,
+                 previews: Optional["PreviewTasks"] = None):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self.host = host
         self.runner = runner
         self._settings = settings or UISettings()
         self._lock = threading.Lock()
-        self._previews: Optional["PreviewTasks"] = None
+        self._previews = previews  # the process's previews, shared with the job runner's after-training hook
 
     @property
     def settings(self) -> UISettings:
@@ -57,7 +58,8 @@ class UIContext:
 
     @property
     def previews(self) -> "PreviewTasks":
-        """The previews this process draws on request ("Preview", "Preview this checkpoint")."""
+        """The previews of this process: the tab's ("Preview", "Preview this checkpoint") and, when the context was
+        made with the runner's, the one drawn after training."""
         with self._lock:
             if self._previews is None:
                 from lib_trainer.preview.tasks import PreviewTasks
