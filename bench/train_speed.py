@@ -494,6 +494,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--no-isolate", action="store_true", help="run everything in this process")
     parser.add_argument("--tmp", type=Path, help="parent folder of the temporary work folder")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="ARCH=FILE",
+                        help="use this full-size checkpoint (LDM single file) for sd1 / sdxl instead of generating one")
     parser.add_argument("--list", action="store_true", help="print the preset's runs and exit")
     args = parser.parse_args(argv)
 
@@ -529,6 +531,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     t_all = time.perf_counter()
     try:
         checkpoints: dict = {}
+        for item in args.checkpoint:  # full-size checkpoints made earlier (bench/gpu_session.py makes them once)
+            arch, _, file = item.partition("=")
+            checkpoints[(arch, True)] = Path(file)
         datasets: dict[int, Path] = {}
         for spec in runs:
             if spec.resolution not in datasets:
