@@ -271,14 +271,6 @@ def test_max_token_length_with_a_long_caption(tiny_sd1, tmp_path, monkeypatch, l
     assert len(tokenizer(LONG_CAPTION).input_ids) > length + 2  # the caption really fills every chunk
 
 
-def test_clip_skip_changes_the_conditioning(tiny_sd1, tmp_path, baseline):
-    result = train(make_config(tmp_path, tiny_sd1, clip_skip=2)).assert_ok()
-    _, metadata = load_lora(result.final)
-    assert metadata["ss_clip_skip"] == "2" and metadata["modelspec.encoder_layer"] == "2"
-    # the same seed, pictures and noise: only the text conditioning differs
-    assert result.one("start")["eval_loss"] != baseline[0].one("start")["eval_loss"]
-
-
 @pytest.fixture
 def spy(monkeypatch):
     """Records the captions and (bucket, flip) of every picture the training loop uses."""
@@ -402,18 +394,11 @@ def test_cache_latents_to_disk_is_reused_by_the_next_run(tiny_sd1, tmp_path, vae
     assert all(torch.equal(weights[0][k], other[k]) for other in weights[1:] for k in weights[0])
 
 
-@pytest.mark.parametrize("option", ["noise_offset", "min_snr_gamma"])
-def test_loss_options_change_the_loss(tiny_sd1, tmp_path, baseline, option):
-    # a gamma this small is below the SNR of almost every timestep, so it must lower the weighted loss (with
-    # gamma 5 the one timestep these runs draw may lie where the weight is exactly 1)
-    value = {"noise_offset": 0.1, "min_snr_gamma": 0.001}[option]
-    result = train(make_config(tmp_path, tiny_sd1, **{option: value})).assert_ok()
-    loss, base_loss = result.one("step")["loss"], baseline[0].one("step")["loss"]
-    if option == "min_snr_gamma":
-        assert loss < base_loss
-    else:
-        assert loss != base_loss
-    assert load_lora(result.final)[1][f"ss_{option}"] == str(value)
+def test_noise_offset_changes_the_loss(tiny_sd1, tmp_path, baseline):
+    # min_snr_gamma's weights, the v target and clip skip are checked against closed forms in test_trainer_targets
+    result = train(make_config(tmp_path, tiny_sd1, noise_offset=0.1)).assert_ok()
+    assert result.one("step")["loss"] != baseline[0].one("step")["loss"]
+    assert load_lora(result.final)[1]["ss_noise_offset"] == "0.1"
 
 
 def test_gradient_checkpointing_gives_the_same_weights(tiny_sd1, tmp_path, baseline):
