@@ -133,3 +133,20 @@ def test_chroma_fill_and_control_models_are_refused_from_the_header(tmp_path):
     plain = ff.inspect_file(tmp_path / "plain.safetensors")
     assert plain.derived is None and plain.in_channels == 64
     ff.check_part(plain, "transformer")
+
+
+def test_plain_reads_give_safetensors_own_tensors_and_name_a_truncated_file(tiny_flux, tmp_path):
+    from safetensors.torch import load_file
+
+    files = tiny_flux["schnell"]
+    for path in (files.all_in_one, files.t5xxl_fp8, files.ae):
+        ours, theirs = ff.read_part(path, keep_fp8=True), load_file(str(path))
+        assert ours.keys() == theirs.keys()
+        assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in ours), path.name
+    cast = ff.read_part(files.all_in_one, ff.T5_PREFIX, dtype=torch.bfloat16)
+    reference = load_file(str(files.t5xxl))
+    assert all(cast[k].dtype == torch.bfloat16 and torch.equal(cast[k], reference[k].to(torch.bfloat16)) for k in cast)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(files.clip_l.read_bytes()[:-100])
+    with pytest.raises(ff.FluxFileError, match="cut.safetensors ends early .*download it again"):
+        ff.read_part(cut)

@@ -21,7 +21,8 @@ The layouts (key names as Black Forest Labs, Forge's loader, ComfyUI and sd-scri
 - refused: bitsandbytes NF4/FP4 files (Forge's ``flux1-dev-bnb-nf4*``: ``<weight>.absmax``, ``.quant_map``,
   ``.quant_state.bitsandbytes__nf4``) and GGUF files (``*.gguf``, magic ``GGUF``): 4-bit weights cannot be trained.
 
-Standard library only for the inspection (the tab lists models with it); tensors are read with safetensors.
+Standard library only for the inspection (the tab lists models with it); tensors are read with plain reads at the
+header's offsets (torch only).
 """
 from __future__ import annotations
 
@@ -256,34 +257,65 @@ def _is_fp8(tensor) -> bool:
     return tensor.dtype in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None))
 
 
+def _torch_dtypes() -> dict:
+    import torch
+
+    names = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+             "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+             "BOOL": "bool"}
+    return {code: getattr(torch, name) for code, name in names.items() if hasattr(torch, name)}
+
+
+def _iter_tensors(path: Path, keys: list[str], header):
+    """(key, tensor) for ``keys`` in file order, each read with a plain read at the header's offsets into memory
+    of its own: safetensors' reader maps the file, and every page it touched stays resident while it is open (a
+    17 GB all-in-one file would count whole, on top of the converted weights)."""
+    import torch
+
+    dtypes = _torch_dtypes()
+    entries = header.entries
+    with open(path, "rb") as fh:
+        for key in sorted(keys, key=lambda k: entries[k]["data_offsets"][0]):
+            entry = entries[key]
+            dtype = dtypes.get(entry["dtype"])
+            if dtype is None:
+                raise FluxFileError(f"{path.name}: {key} has the dtype {entry['dtype']}, which cannot be read here")
+            start, end = entry["data_offsets"]
+            shape = [int(n) for n in entry["shape"]]
+            raw = torch.empty(end - start, dtype=torch.uint8)
+            fh.seek(header.data_offset + start)
+            if fh.readinto(memoryview(raw.numpy())) != end - start:
+                raise FluxFileError(f"{path.name} ends early (at {key}): it is incomplete; download it again")
+            tensor = raw.view(dtype).reshape(shape)  # safetensors stores little-endian, as torch does here
+            yield key, tensor
+
+
 def read_part(path: PathLike, prefix: str = "", dtype=None, keep_fp8: bool = False) -> dict:
     """The tensors under ``prefix`` (stripped), one at a time from the file (an all-in-one file is never read whole).
 
-    Floating tensors become ``dtype`` (None keeps the file's). fp8 weights are upcast per tensor (multiplied by
-    their ``.scale_weight`` in ComfyUI's scaled files) unless ``keep_fp8`` (an fp8 base kept in fp8)."""
+    Floating tensors become ``dtype`` as each is read (None keeps the file's). fp8 weights are upcast per tensor
+    (to ``dtype``, bf16 when None; multiplied by their ``.scale_weight`` in ComfyUI's scaled files) unless
+    ``keep_fp8`` (an fp8 base kept in fp8)."""
     import torch
-    from safetensors import safe_open
 
     path = Path(path)
-    out: dict = {}
     try:
-        handle = safe_open(str(path), framework="pt")
-    except Exception as exc:  # SafetensorError names neither the file nor the cause
+        header = read_header(path)
+    except NotSafetensors as exc:
         raise FluxFileError(f"{path.name} is not a readable .safetensors file ({exc}); download it again") from None
-    with handle as fh:
-        names = [k for k in fh.keys() if k.startswith(prefix)]
-        scales = {k[: -len(".scale_weight")] for k in names if k.endswith(".scale_weight")}
-        for key in names:
-            if key.endswith(SCALE_SUFFIXES) or key[len(prefix):] == SCALED_FP8_MARKER:
-                continue
-            tensor = fh.get_tensor(key)
-            if _is_fp8(tensor) and not keep_fp8:
-                target = dtype or torch.bfloat16
-                tensor = tensor.to(target)
-                layer = key[: -len(".weight")] if key.endswith(".weight") else None
-                if layer in scales:
-                    tensor = tensor * fh.get_tensor(layer + ".scale_weight").to(target)
-            elif dtype is not None and tensor.is_floating_point() and not _is_fp8(tensor):
-                tensor = tensor.to(dtype)
-            out[key[len(prefix):]] = tensor
+    names = [k for k in header.entries if k.startswith(prefix)]
+    scale_keys = [k for k in names if k.endswith(".scale_weight")]
+    scales = dict(_iter_tensors(path, scale_keys, header)) if not keep_fp8 else {}
+    wanted = [k for k in names if not k.endswith(SCALE_SUFFIXES) and k[len(prefix):] != SCALED_FP8_MARKER]
+    out: dict = {}
+    for key, tensor in _iter_tensors(path, wanted, header):
+        if _is_fp8(tensor) and not keep_fp8:
+            target = dtype or torch.bfloat16
+            tensor = tensor.to(target)
+            scale = scales.get(key[: -len(".weight")] + ".scale_weight") if key.endswith(".weight") else None
+            if scale is not None:
+                tensor = tensor * scale.to(target)
+        elif dtype is not None and tensor.is_floating_point() and not _is_fp8(tensor):
+            tensor = tensor.to(dtype)
+        out[key[len(prefix):]] = tensor
     return out
