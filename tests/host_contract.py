@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -32,6 +33,9 @@ class HostUnderTest:
     host: Host
     checkpoint: str  # CheckpointInfo.path or .title of the tiny SD1 model in this host
     lora: Path  # a LoRA trained on that checkpoint
+    # whether taggers() must list at least one tagger (True), must list none (False), or may do either (None:
+    # a real WebUI offers DeepBooru only when its model is on disk or it may download it)
+    offers_taggers: Optional[bool] = None
 
     def request(self, **changes) -> Txt2ImgRequest:
         values = dict(prompt=PROMPT, negative_prompt="blurry", seed=1234, steps=STEPS, cfg_scale=7.0,
@@ -66,7 +70,7 @@ def standalone_host(tiny_sd1, contract_lora, tmp_path_factory) -> HostUnderTest:
 
     workspace = tmp_path_factory.mktemp("standalone_workspace")
     host = StandaloneHost(workspace, [tiny_sd1.parent], device="cpu")
-    return HostUnderTest(host=host, checkpoint=str(tiny_sd1), lora=contract_lora)
+    return HostUnderTest(host=host, checkpoint=str(tiny_sd1), lora=contract_lora, offers_taggers=False)
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +95,31 @@ def hut(request) -> HostUnderTest:
 
 
 # ---- the contract ------------------------------------------------------------------------------------------------
+
+def check_taggers(host: Host, offers: Optional[bool]) -> list:
+    """The tagger part of the contract, also run on its own against hosts that are not drawn with (see
+    test_host_contract): taggers() and tag() agree, a higher threshold never adds a tag, an unknown id raises, and
+    a host that offers none says why (tag's HostError, or unavailable_taggers). Returns taggers()."""
+    picture = Image.new("RGB", (SIZE, SIZE), (200, 120, 40))
+    taggers = host.taggers()
+    if offers is True:
+        assert taggers, f"{type(host).__name__} must offer a tagger here"
+    elif offers is False:
+        assert taggers == [], taggers
+    for info in taggers:
+        tags = host.tag(info.id, picture, info.default_threshold)
+        assert isinstance(tags, list) and all(isinstance(t, str) and t for t in tags), info
+        assert tags == host.tag(info.id, picture), f"{info.id}: threshold None is the tagger's default"
+        if info.uses_threshold:
+            stricter = host.tag(info.id, picture, min(1.0, (info.default_threshold or 0.0) + 0.3))
+            assert set(stricter) <= set(tags), (info.id, stricter, tags)
+    with pytest.raises(HostError) as unknown:
+        host.tag("no-such-tagger", picture)
+    assert str(unknown.value)
+    for missing in host.unavailable_taggers():
+        assert missing.title and missing.reason, missing
+    return taggers
+
 
 class HostContract:
     """Checks every host must pass; collected through a subclass named Test… in a test module."""
@@ -182,13 +211,7 @@ class HostContract:
         assert np.array_equal(hut.draw(), base)
 
     def test_taggers_and_tag_agree(self, hut: HostUnderTest):
-        picture = Image.new("RGB", (SIZE, SIZE), (200, 120, 40))
-        taggers = hut.host.taggers()
-        for info in taggers:
-            tags = hut.host.tag(info.id, picture, info.default_threshold)
-            assert isinstance(tags, list) and all(isinstance(t, str) and t for t in tags), info
-        with pytest.raises(HostError):
-            hut.host.tag("no-such-tagger", picture)
+        check_taggers(hut.host, hut.offers_taggers)
 
     def test_upscalers_and_upscale_agree(self, hut: HostUnderTest):
         picture = Image.new("RGB", (SIZE, SIZE), (40, 120, 200))

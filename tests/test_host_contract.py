@@ -16,6 +16,7 @@ from lib_trainer.hosts.base import (
 )
 from tests.host_contract import (  # noqa: F401 — fixtures are found by name
     HostContract,
+    check_taggers,
     contract_lora,
     hut,
     standalone_host,
@@ -29,6 +30,30 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 class TestHostContract(HostContract):
     pass
+
+
+# ---- taggers: the standalone host has none, so the contract's tagger checks run here on the WebUI host over a
+# double of the WebUI's modules (tests/test_webui_host.FakeWebUI: DeepBooru, BLIP and CLIP stand-ins)
+
+@pytest.fixture
+def webui_double_host(tmp_path, monkeypatch):
+    from lib_trainer.hosts.webui.host import WebUIHost
+    from tests.test_webui_host import FakeWebUI
+
+    FakeWebUI(tmp_path, monkeypatch)
+    return WebUIHost()
+
+
+def test_the_tagger_contract_on_a_host_that_has_taggers(webui_double_host):
+    taggers = check_taggers(webui_double_host, offers=True)
+    assert {t.id for t in taggers} == {"deepbooru", "blip", "clip"}
+
+
+def test_the_tagger_contract_on_a_host_whose_taggers_cannot_run(webui_double_host, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and no model on disk: nothing can be offered
+    check_taggers(webui_double_host, offers=False)
+    assert {m.title for m in webui_double_host.unavailable_taggers()} >= {
+        "DeepBooru (anime tags)", "BLIP (a sentence)", "CLIP interrogator (BLIP sentence + CLIP keywords)"}
 
 
 # ---- LoraStaging --------------------------------------------------------------------------------------------------
