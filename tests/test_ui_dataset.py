@@ -141,3 +141,15 @@ def test_an_import_message_belongs_to_the_pictures_it_told_of(tmp_path):
     (version.source_dir / "dog_03.png").unlink()
     report, gone, gone_about = dataset_panel.on_check_again(ctx, "dog", "v1", 64, 64, "center", about)
     assert gone == "" and gone_about is None and "**3** pictures" in report
+
+
+def test_the_advice_on_small_pictures_names_only_what_this_host_has(tmp_path, monkeypatch):
+    ctx = make_context(tmp_path)
+    version = new_version(ctx)
+    dataset_panel.on_import(ctx, "dog", "v1", [str(p) for p in pictures(tmp_path / "up", 2, size=(96, 80))], "")
+    report = dataset_panel.host_report(ctx, version, 512, 512)
+    assert "2 pictures are under 512 px on the short side — they will be upscaled and look soft" in report
+    assert "can only enlarge them with Lanczos" in report and "pick one of the WebUI's upscalers" not in report
+    monkeypatch.setattr(ctx.host, "upscalers", lambda: ["R-ESRGAN 4x+"])
+    report = dataset_panel.on_refresh(ctx, "dog", "v1")[0]
+    assert "pick one of the WebUI's upscalers under \"Enlarge small pictures with\"" in report

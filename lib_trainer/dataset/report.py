@@ -207,6 +207,7 @@ class DatasetReport:
     advice: List[str] = field(default_factory=list)
     entries: List[PictureEntry] = field(default_factory=list)
     batch_size: int = 1  # the advice's batch size
+    host_upscalers: bool = True  # whether the host has upscalers besides Lanczos (the advice on small pictures)
 
     @property
     def caption_coverage(self) -> float:
@@ -422,12 +423,14 @@ def build_report(
 
 
 def recount_captions(report: DatasetReport, captions_from: Optional[PathLike] = None,
-                     caption_extension: str = ".txt") -> DatasetReport:
+                     caption_extension: str = ".txt", host_upscalers: Optional[bool] = None) -> DatasetReport:
     """A copy of ``report`` with its captions counted again (in ``captions_from`` when it holds pictures, as in
     :func:`build_report`) and its advice redone: captions change far more often than the pictures, whose survey
-    (sizes, hashes) is the slow part."""
+    (sizes, hashes) is the slow part. ``host_upscalers``: whether the host has upscalers (None: as before)."""
     ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
     fresh = copy.deepcopy(report)
+    if host_upscalers is not None:
+        fresh.host_upscalers = host_upscalers
     fresh.captioned, fresh.caption_folder, fresh.caption_pictures = 0, "", 0
     fresh.uncaptioned, fresh.empty_captions, fresh.tag_frequency = [], [], []
     _count_captions(fresh, captions_from, [ext] + [e for e in (".txt", ".caption") if e != ext])
@@ -524,22 +527,24 @@ def _advice(report: DatasetReport, batch_size: int) -> List[str]:
                               "Only {n} pictures — 15 to 50 varied pictures usually give a better LoRA."))
     if report.small:
         w, h = report.resolution
+        if report.host_upscalers:
+            fix = tr("Use larger pictures, or pick one of the WebUI's upscalers under \"Enlarge small pictures "
+                     "with\" before preprocessing.")
+        else:
+            fix = tr("Use larger pictures: here preprocessing can only enlarge them with Lanczos, which adds no "
+                     "detail (the WebUI's upscalers do better).")
         if not report.bucketing and w == h:
             advice.append(_plural(
                 len(report.small),
-                "1 picture is under {px} px on the short side — it will be upscaled and look soft ({names}). "
-                "Use a larger version, or let preprocessing upscale it with the WebUI's upscaler.",
-                "{n} pictures are under {px} px on the short side — they will be upscaled and look soft ({names}). "
-                "Use larger versions, or let preprocessing upscale them with the WebUI's upscaler.",
-                px=w, names=_names(report.small)))
+                "1 picture is under {px} px on the short side — it will be upscaled and look soft ({names}).",
+                "{n} pictures are under {px} px on the short side — they will be upscaled and look soft ({names}).",
+                px=w, names=_names(report.small)) + " " + fix)
         else:
             advice.append(_plural(
                 len(report.small),
-                "1 picture is smaller than the size it trains at — it will be upscaled and look soft ({names}). "
-                "Use a larger version, or let preprocessing upscale it with the WebUI's upscaler.",
-                "{n} pictures are smaller than the size they train at — they will be upscaled and look soft ({names}). "
-                "Use larger versions, or let preprocessing upscale them with the WebUI's upscaler.",
-                names=_names(report.small)))
+                "1 picture is smaller than the size it trains at — it will be upscaled and look soft ({names}).",
+                "{n} pictures are smaller than the size they train at — they will be upscaled and look soft "
+                "({names}).", names=_names(report.small)) + " " + fix)
     if report.near_duplicates:
         groups = ["(" + ", ".join(g) + ")" for g in report.near_duplicates]
         advice.append(_plural(

@@ -55,7 +55,7 @@ class DatasetPanel:
     def follow_captions(self, ctx: UIContext, project: Any, version: Any, events: List[Any]) -> None:
         """After each of ``events`` (caption edits), the report counts the captions again."""
         for event in events:
-            event.then(lambda p, v, w, h, c: report_markdown(ctx.version(p, v), w, h, c),
+            event.then(lambda p, v, w, h, c: host_report(ctx, ctx.version(p, v), w, h, c),
                        [project, version, self.width, self.height, self.crop], [self.report], queue=False,
                        show_progress=compat.HIDDEN)
 
@@ -83,7 +83,8 @@ def source_count(version: Optional[Version]) -> int:
     return sum(1 for _ in iter_images(version.source_dir))
 
 
-def report_markdown(version: Optional[Version], width: Any = 512, height: Any = 512, crop: Any = "center") -> str:
+def report_markdown(version: Optional[Version], width: Any = 512, height: Any = 512, crop: Any = "center",
+                    host_upscalers: bool = True) -> str:
     """The dataset doctor's report: the version's imported pictures as the preprocessing options would make them
     (cropped to width × height, or in buckets with crop "none"), and the captions of the training pictures, which
     are what the trainer reads (those of the imported ones until there are training pictures)."""
@@ -98,7 +99,14 @@ def report_markdown(version: Optional[Version], width: Any = 512, height: Any = 
     except (TypeError, ValueError):
         w = h = 512
     crop = CROP_CHOICES.value(crop, "center")
-    return recount_captions(_source_survey(version, w, h, crop), version.train_dir).to_markdown()
+    return recount_captions(_source_survey(version, w, h, crop), version.train_dir,
+                            host_upscalers=host_upscalers).to_markdown()
+
+
+def host_report(ctx: UIContext, version: Optional[Version], width: Any = 512, height: Any = 512,
+                crop: Any = "center") -> str:
+    """report_markdown with the advice on small pictures as this host can follow it (its upscalers)."""
+    return report_markdown(version, width, height, crop, host_upscalers=len(upscaler_choices(ctx)) > 1)
 
 
 def _source_survey(version: Version, w: int, h: int, crop: str) -> Any:
@@ -169,7 +177,7 @@ def on_refresh(ctx: UIContext, project: Optional[str], version_name: Optional[st
     _, why = repeats_hint(ctx, version) if version is not None else (0, "")
     choices = upscaler_choices(ctx)
     upscaler = values["upscaler"] if values["upscaler"] in choices else BUILT_IN_UPSCALER
-    return (report_markdown(version, values["width"], values["height"], values["crop"]), values["width"],
+    return (host_report(ctx, version, values["width"], values["height"], values["crop"]), values["width"],
             values["height"], CROP_CHOICES.label(values["crop"]), bool(values["flip"]), bool(values["face_crops"]),
             compat.update(choices=choices, value=upscaler), values["concept"], values["repeats"], why, "", "", None)
 
@@ -212,13 +220,13 @@ def on_import(ctx: UIContext, project: Optional[str], version_name: Optional[str
     try:
         inputs = import_inputs(files, folder)
     except ValueError as exc:
-        return messages.error(str(exc)), report_markdown(version, width, height, crop)
+        return messages.error(str(exc)), host_report(ctx, version, width, height, crop)
     before = source_stamp(version)
     message = import_into(ctx, inputs, version.source_dir, bool((folder or "").strip()), progress)
     if source_stamp(version) != before and training_concept(version) is not None:
         message += messages.info(tr("The training pictures were made before these: press \"Preprocess\" again to "
                                     "add them."))
-    return message, report_markdown(version, width, height, crop)
+    return message, host_report(ctx, version, width, height, crop)
 
 
 def source_stamp(version: Optional[Version]) -> Tuple:
@@ -237,7 +245,7 @@ def on_check_again(ctx: UIContext, project: Optional[str], version_name: Optiona
     told of (removed or changed since)."""
     version = ctx.version(project, version_name)
     stale = import_about is not None and tuple(import_about) != source_stamp(version)
-    return (report_markdown(version, width, height, crop), "" if stale else compat.unchanged(),
+    return (host_report(ctx, version, width, height, crop), "" if stale else compat.unchanged(),
             None if stale else compat.unchanged())
 
 
@@ -391,7 +399,7 @@ def build(ctx: UIContext, project: Any, version: Any, preset: Any = None) -> Dat
     def do_preprocess(p, v, w, h, c, f, fc, up, con, n, progress=gr.Progress()):
         msg = on_preprocess(ctx, p, v, w, h, c, f, fc, up, con, n, progress)
         version = ctx.version(p, v)
-        return msg, report_markdown(version, w, h, c), repeats_hint(ctx, version)[1] if version else ""
+        return msg, host_report(ctx, version, w, h, c), repeats_hint(ctx, version)[1] if version else ""
 
     def do_apply_repeats(p, v, c, n):
         version = ctx.version(p, v)
