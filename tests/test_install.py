@@ -81,7 +81,7 @@ def test_shipped_requirements() -> None:
     assert {"diffusers", "lycoris-lora", "toml", "prodigyopt", "lion-pytorch", "tensorboardx", "bitsandbytes",
             "huggingface-hub", "safetensors", "importlib-metadata", "protobuf", "einops"} <= set(keys)
     by_key = {r.key: r for r in reqs}
-    assert by_key["diffusers"].specifier == "==0.29.2"
+    assert by_key["diffusers"].specifier == "==0.31.0"  # Forge pins it; FLUX.1 needs >= 0.31 (kohya LoRAs)
     assert by_key["bitsandbytes"].when == "torch-cuda"
     assert all(r.when == "" for r in reqs if r.key != "bitsandbytes")
 
