@@ -26,7 +26,6 @@ from typing import Callable, Iterable, Optional, Union
 
 EXTENSION_ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS_FILE = EXTENSION_ROOT / "requirements-trainer.txt"
-DEPS_DIR_ENV = "TRAIN_TOOLS_DEPS_DIR"
 TRAINER_MODULES = ("torch", "diffusers", "transformers", "safetensors", "lycoris", "lycoris.kohya", "toml",
                    "prodigyopt", "lion_pytorch", "tensorboardX", "accelerate", "PIL", "numpy")
 WHEN_CONDITIONS = ("torch-cuda",)
@@ -35,6 +34,17 @@ _PROBE_TIMEOUT_S = 120
 _IMPORT_TIMEOUT_S = 600
 # Runs this file by path in the target Python, so nothing else of lib_trainer has to import there.
 _BOOTSTRAP = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+
+try:
+    from lib_trainer.common.deps_dir import DEPS_DIR_ENV, default_deps_dir
+except ImportError:  # run by file path (install.py at WebUI start-up): the leaf module beside us, the same way
+    import importlib.util as _util
+
+    _spec = _util.spec_from_file_location("train_tools_deps_dir", EXTENSION_ROOT / "lib_trainer" / "common" /
+                                          "deps_dir.py")
+    _leaf = _util.module_from_spec(_spec)
+    _spec.loader.exec_module(_leaf)
+    DEPS_DIR_ENV, default_deps_dir = _leaf.DEPS_DIR_ENV, _leaf.default_deps_dir
 
 PathLike = Union[str, "os.PathLike[str]"]
 Progress = Optional[Callable[[str], None]]
@@ -166,10 +176,6 @@ def unmet(requirements: Iterable[Requirement], env: Environment) -> list[Require
 
 
 # ---------------------------------------------------------------------------------------------- asking a Python
-
-def default_deps_dir() -> Path:
-    return Path(os.environ.get(DEPS_DIR_ENV) or EXTENSION_ROOT / "trainer_deps")
-
 
 def _is_current_python(python: str) -> bool:
     # No realpath: a venv's python is a symlink to the base interpreter, yet a different environment.
