@@ -38,7 +38,11 @@ def test_regularization_pictures_from_upload_to_the_trainer_config(tmp_path):
     # Into the trash and back
     status, message = reg_panel.on_remove(ctx, "dog", "v1")
     assert "trash" in message and "No regularization pictures" in status and not version.reg_dir.exists()
+    assert "&quot;Restore&quot; under &quot;Create, copy, rename or delete&quot; at the top" in message  # the trash
     entry = next(e for e in ctx.workspace.trash() if e.kind == "reg")
+    from lib_trainer.ui.project_bar import trash_choices
+
+    assert f"{entry.id} · Regularization pictures · " in trash_choices(ctx)[0]
     ctx.workspace.restore(entry.id)
     assert "5 regularization pictures" in reg_panel.status_text(version)
     ctx.workspace.create_project("cat")

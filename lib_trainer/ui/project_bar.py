@@ -122,7 +122,8 @@ def on_pictures_changed(ctx: UIContext, project: Optional[str], version: Optiona
 
 def trash_kind(kind: str) -> str:
     """A trash entry's kind as shown (the entry is found again by its id, the label's first part)."""
-    return {"project": tr("Project"), "version": tr("Version"), "files": tr("Files")}.get(kind, kind)
+    return {"project": tr("Project"), "version": tr("Version"), "files": tr("Files"),
+            "reg": tr("Regularization pictures")}.get(kind, kind)
 
 
 def trash_choices(ctx: UIContext) -> List[str]:

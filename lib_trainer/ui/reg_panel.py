@@ -107,7 +107,8 @@ def on_remove(ctx: UIContext, project: Optional[str], version_name: Optional[str
     label = tr("regularization pictures of {project} / {version}", project=version.project.name,
                version=version.name)
     ctx.workspace.move_to_trash([version.reg_dir], "reg", label)
-    return status_text(version), messages.ok(tr("Moved to the trash; \"Restore\" above brings them back."))
+    return status_text(version), messages.ok(tr("Moved to the trash; \"Restore\" under \"Create, copy, rename or "
+                                                "delete\" at the top brings them back."))
 
 
 def build(ctx: UIContext, project: Any, version: Any, trash: Any) -> RegPanel:
