@@ -108,3 +108,34 @@ def test_a_truncated_file_says_it_is_incomplete(tmp_path):
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ModelLoadError, match="cut.safetensors ends early .*incomplete"):
         load_single_file(cut)
+
+
+def test_attention_is_sdpa_by_default_and_eager_on_request(tmp_path):
+    """diffusers gives every attention layer SDPA (AttnProcessor2_0) when torch has it; attention = "eager" puts the
+    plain processor in, which computes the same UNet output up to rounding."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from lib_trainer.demo.tiny_model import write_tiny_checkpoint
+    from lib_trainer.trainer.models import load_single_file, set_attention
+    from lib_trainer.trainer.schema import ConfigError, TrainConfig, validate
+
+    loaded = load_single_file(write_tiny_checkpoint("sd1", tmp_path / "sd1.safetensors"))
+    processors = lambda: [type(p) for m in (loaded.unet, loaded.vae) for p in m.attn_processors.values()]  # noqa: E731
+    assert processors() and set(processors()) == {AttnProcessor2_0}
+
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 8, 8, generator=gen)
+    context = torch.randn(1, 77, loaded.unet.config.cross_attention_dim, generator=gen)
+    with torch.no_grad():
+        sdpa = loaded.unet(sample, 500, context).sample
+        set_attention(loaded, "eager")
+        assert set(processors()) == {AttnProcessor}
+        eager = loaded.unet(sample, 500, context).sample
+        set_attention(loaded, "sdpa")
+        again = loaded.unet(sample, 500, context).sample
+    assert torch.allclose(eager, sdpa, atol=1e-5, rtol=1e-4) and torch.equal(again, sdpa)
+
+    with pytest.raises(ValueError):
+        set_attention(loaded, "xformers")
+    with pytest.raises(ConfigError, match="attention=flash"):
+        validate(TrainConfig(pretrained_model_name_or_path="m", train_data_dir="d", output_dir="o", attention="flash"))

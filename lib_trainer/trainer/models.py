@@ -53,6 +53,20 @@ class LoadedModel:
     source_keys: list = field(default_factory=list)
 
 
+def set_attention(model: LoadedModel, attention: str) -> None:
+    """The UNet's and the VAE's attention: "sdpa" is PyTorch's scaled_dot_product_attention (diffusers 0.29 gives
+    every attention layer its AttnProcessor2_0 whenever torch has it, so it is what a loaded model already has;
+    on CUDA it picks the flash or memory-efficient kernels), "eager" the plain matmul-softmax-matmul (slower,
+    more memory; for comparisons). The text encoders keep the attention their transformers version has."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if attention not in ("sdpa", "eager"):
+        raise ValueError(f"attention {attention!r}: use sdpa or eager")
+    processor = AttnProcessor2_0 if attention == "sdpa" else AttnProcessor
+    model.unet.set_attn_processor(processor())
+    model.vae.set_attn_processor(processor())
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":

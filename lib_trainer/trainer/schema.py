@@ -35,6 +35,7 @@ LORA_NETWORK_ARGS = (
     "loraplus_text_encoder_lr_ratio",
 )
 MIXED_PRECISION = ("no", "fp16", "bf16")
+ATTENTIONS = ("sdpa", "eager")
 SAVE_PRECISION = ("float", "fp16", "bf16")
 SAMPLERS = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
@@ -161,6 +162,9 @@ class TrainConfig:
     events_file: Optional[str] = _f(None, "Where the JSON event stream is appended (default: <output_dir>/events.jsonl).")
     sample_dir: Optional[str] = _f(None, "Where sample images go (default: <output_dir>/sample, as sd-scripts).")
     log_every_n_steps: int = _f(1, "How often a step event (and a host sync for the loss) happens.")
+    attention: str = _f(
+        "sdpa", "Attention of the UNet and VAE: sdpa (PyTorch's scaled_dot_product_attention; flash or "
+                "memory-efficient kernels on CUDA) or eager (plain matmul-softmax, slower; for comparisons).")
     channels_last: Optional[bool] = _f(
         None, "Keep the UNet in channels-last memory format (faster convolutions on NVIDIA GPUs). Unset: on CUDA.")
     network_weights_partial: bool = _f(
@@ -387,6 +391,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.network_module not in NETWORK_MODULES:
         problems.append(f"network_module {cfg.network_module!r} is not supported; use one of {', '.join(NETWORK_MODULES)}")
     try:
+        if cfg.attention not in ATTENTIONS:
+            problems.append(tr("attention={attention} is not supported; use one of {choices}",
+                               attention=cfg.attention, choices=", ".join(ATTENTIONS)))
         if cfg.algo not in ALGOS:
             problems.append(f"algo={cfg.algo} is not supported; use one of {', '.join(ALGOS)}")
         problems.extend(network_args_problems(cfg))

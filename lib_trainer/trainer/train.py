@@ -27,7 +27,7 @@ from .errors import TrainingError
 from .events import EventWriter
 from .folders import describe_empty, scan_dataset
 from .metadata import build_metadata, finalize_metadata
-from .models import LoadedModel, ModelLoadError, load_model
+from .models import LoadedModel, ModelLoadError, load_model, set_attention
 from .network import (
     NetworkError, create_network, describe_network, load_network_weights, network_args_used, network_state_for_file,
     unet_name_map,
@@ -108,6 +108,7 @@ class Trainer:
 
         # model
         self.model: LoadedModel = load_model(cfg.pretrained_model_name_or_path, True if cfg.v_parameterization else None)
+        set_attention(self.model, cfg.attention)
         self.v_prediction = cfg.v_parameterization or self.model.v_prediction
         if self.model.arch == "sdxl" and cfg.clip_skip not in (None, 1, 2):
             self.warn("clip_skip is ignored for SDXL (it always uses the penultimate layers)")
