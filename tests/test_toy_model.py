@@ -130,12 +130,16 @@ def test_pretraining_writes_an_fp16_sd1_file_and_resumes_to_the_same_file(tiny_p
         pretrain.main(["--out", str(resumed), "--work", str(work), *args])
     monkeypatch.setattr(pretrain.Stage, "run", original_run)
     assert not resumed.exists()
+    partial = tmp_path / "partial.safetensors"
+    assert pretrain.main(["--out", str(partial), "--work", str(work), "--export-now", *args]) == 0
+    assert json.loads(partial.with_suffix(".json").read_text(encoding="utf-8"))["unet_steps_trained"] == 2
+    assert json.loads(tensors_and_metadata(partial)[1]["train_tools_toy_steps"]) == {"vae": 3, "unet": 2}
     assert pretrain.main(["--out", str(resumed), "--work", str(work), *args]) == 0
     assert "unet: resuming at step 2 of 4" in capsys.readouterr().out
     (want, want_meta), (got, got_meta) = tensors_and_metadata(straight), tensors_and_metadata(resumed)
     assert got_meta == want_meta and set(got) == set(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
-    assert len(json.loads(resumed.with_suffix(".json").read_text(encoding="utf-8"))["sessions"]) == 2
+    assert len(json.loads(resumed.with_suffix(".json").read_text(encoding="utf-8"))["sessions"]) == 2  # not the export
 
     with pytest.raises(SystemExit):  # another step count cannot continue that run
         pretrain.main(["--out", str(resumed), "--work", str(work), "--seed", "1", "--vae-steps", "3",

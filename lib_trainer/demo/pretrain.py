@@ -1,7 +1,7 @@
 """Pretrain the toy SD1 base model on the toy world, on a CPU in about an hour.
 
     python -m lib_trainer.demo.pretrain --out lib_trainer/demo/models/toy-sd1.safetensors [--seed 0]
-        [--minutes 60 | --vae-steps N --unet-steps N] [--work DIR] [--threads 2]
+        [--minutes 60 | --vae-steps N --unet-steps N] [--work DIR] [--threads 2] [--export-now]
 
 Three stages, each checkpointed into ``--work`` (default ``<out>.work/``) every few hundred steps, so a stopped run
 started again with the same arguments continues where it was:
@@ -16,7 +16,9 @@ started again with the same arguments continues where it was:
 
 The file is written in SD1's single-file LDM layout (fp16) with a JSON of the run beside it (command, seed, steps,
 time, machine and load, the numbers reached). ``--minutes`` sets the step counts from a short timing at the start;
-the counts are recorded, and ``--vae-steps/--unet-steps`` with them rebuild the same file.
+the counts are recorded, and ``--vae-steps/--unet-steps`` with them rebuild the same file. ``--export-now`` writes
+the file from the state saved so far (the UNet's last save, every 200 steps) without training: the notes' and the
+file's step counts say how far it was, and the same command without it goes on to the end.
 """
 from __future__ import annotations
 
@@ -162,10 +164,12 @@ def vae_batch(pool: np.ndarray, seed: int, step: int, full: bool) -> torch.Tenso
     return to_pixels(np.ascontiguousarray(picks))
 
 
-def train_vae(vae, pool: np.ndarray, work: Path, seed: int, steps: int) -> dict[str, Any]:
+def train_vae(vae, pool: np.ndarray, work: Path, seed: int, steps: int, export_now: bool = False) -> dict[str, Any]:
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=VAE_LR, weight_decay=0.0)
     stage = Stage("vae", work, {"vae": vae}, optimizer, steps)
+    if export_now and stage.step < steps:
+        raise SystemExit(f"--export-now: the VAE stage is at step {stage.step} of {steps}; the UNet has not started")
     full_from = int(steps * 0.8)
 
     def step_fn(step: int) -> float:
@@ -182,7 +186,7 @@ def train_vae(vae, pool: np.ndarray, work: Path, seed: int, steps: int) -> dict[
 
     seconds = stage.run(step_fn, lambda s: cosine_lr(s, steps, VAE_LR, 100))
     vae.eval()
-    return {"steps": steps, "seconds": round(seconds, 1), "history": stage.history}
+    return {"steps": stage.step, "seconds": round(seconds, 1), "history": stage.history}
 
 
 @torch.no_grad()
@@ -290,7 +294,7 @@ def trainable(model) -> tuple[list, list]:
 
 
 def train_unet(model, latents: tuple[torch.Tensor, torch.Tensor], scenes: list[toy_world.Scene], work: Path,
-               seed: int, steps: int) -> dict[str, Any]:
+               seed: int, steps: int, export_now: bool = False) -> dict[str, Any]:
     noise_scheduler = scheduler()
     alphas = noise_scheduler.alphas_cumprod
     unet, te = model.unet, model.text_encoders[0]
@@ -301,6 +305,10 @@ def train_unet(model, latents: tuple[torch.Tensor, torch.Tensor], scenes: list[t
                                   lr=UNET_LR, betas=(0.9, 0.99))
     ema = EMA(decayed + plain, EMA_DECAY)
     stage = Stage("unet", work, {"unet": unet, "text_encoder": te}, optimizer, steps)
+    if export_now:
+        if stage.step == 0:
+            raise SystemExit("--export-now: the UNet stage has no saved state yet")
+        stage.total = stage.step  # no training: the weights (and EMA) as last saved
     if "ema" in stage.extra:
         ema.load(stage.extra["ema"])
     means, stds = latents
@@ -333,7 +341,7 @@ def train_unet(model, latents: tuple[torch.Tensor, torch.Tensor], scenes: list[t
     unet.eval()
     te.eval()
     ema.swap()  # the exported weights are the EMA's
-    return {"steps": steps, "seconds": round(seconds, 1), "history": stage.history}
+    return {"steps": stage.step, "seconds": round(seconds, 1), "history": stage.history}
 
 
 @torch.no_grad()
@@ -445,6 +453,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument("--work", type=Path, default=None, help="state folder for resuming (default: <out>.work)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--export-now", action="store_true",
+                        help="write the file from the state saved so far without training further (while the run "
+                             "goes on elsewhere, or when it cannot be finished); the notes say how far it was")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -453,7 +464,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     work = args.work or args.out.with_name(args.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     plan_file = work / "plan.json"
-    sessions = record_session(work / "sessions.json")
+    sessions = [] if args.export_now else record_session(work / "sessions.json")
 
     torch.manual_seed(args.seed)
     initial = toy_model.write_random(work / "initial.safetensors", seed=args.seed)
@@ -472,7 +483,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                         (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps))):
         parser.error(f"{work} holds a run with {plan}; give the same values to resume it, or another --work")
 
-    vae_report = train_vae(model.vae, pool, work, args.seed, plan["vae_steps"])
+    vae_report = train_vae(model.vae, pool, work, args.seed, plan["vae_steps"], args.export_now)
     loads.append(load_average())
     test_pixels, test_scenes = held_out(args.seed)
     vae_psnr = psnr(model.vae, test_pixels)
@@ -486,7 +497,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     latents = encode_pool(model.vae, pool, work, args.seed)
     del pool
-    unet_report = train_unet(model, latents, scenes, work, args.seed, plan["unet_steps"])
+    unet_report = train_unet(model, latents, scenes, work, args.seed, plan["unet_steps"], args.export_now)
     loads.append(load_average())
     eval_loss = denoising_loss(model, model.vae, test_pixels, test_scenes, args.seed)
 
@@ -500,6 +511,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "command": "python -m lib_trainer.demo.pretrain --out {out} --seed {seed} --vae-steps {v} --unet-steps {u}"
                    .format(out=args.out, seed=args.seed, v=plan["vae_steps"], u=plan["unet_steps"]),
         "seed": args.seed, "vae_steps": plan["vae_steps"], "unet_steps": plan["unet_steps"],
+        "unet_steps_trained": unet_report["steps"],
         "wall_minutes_this_session": round(elapsed / 60, 1),
         "stage_minutes": {"vae": round(vae_report["seconds"] / 60, 1), "unet": round(unet_report["seconds"] / 60, 1)},
         "sessions": sessions,
@@ -509,10 +521,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     }
     metadata = {"train_tools_toy": "sd1", "train_tools_toy_seed": str(args.seed),
                 "modelspec.resolution": f"{toy_model.TOY_SIZE}x{toy_model.TOY_SIZE}",
-                "train_tools_toy_steps": json.dumps({"vae": plan["vae_steps"], "unet": plan["unet_steps"]})}
+                "train_tools_toy_steps": json.dumps({"vae": vae_report["steps"], "unet": unet_report["steps"]})}
     toy_model.save_checkpoint(toy_model.parts_of(model), args.out, metadata)
     args.out.with_suffix(".json").write_text(json.dumps(notes, indent=1) + "\n", encoding="utf-8")
-    summary = {k: notes[k] for k in ("seed", "vae_steps", "unet_steps", "wall_minutes_this_session", "stage_minutes")}
+    summary = {k: notes[k] for k in ("seed", "vae_steps", "unet_steps", "unet_steps_trained",
+                                     "wall_minutes_this_session", "stage_minutes")}
     summary.update(numbers, out=str(args.out), size_mb=round(args.out.stat().st_size / 2**20, 1))
     print(json.dumps(summary), flush=True)
     return 0
