@@ -11,15 +11,17 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
-from lib_trainer.demo.run import draw_dataset
+from PIL import Image
+
+from tests.browser_support import drop_files
 from tests.test_browser import Tab, app, page  # noqa: F401 - the app and the page are fixtures
 
 
 def test_messages_follow_the_state_they_tell_of(app, page, tmp_path):  # noqa: F811
     folder = tmp_path / "pictures"
-    draw_dataset(folder, 2)
-    for caption in folder.glob("*.txt"):
-        caption.unlink()
+    folder.mkdir()
+    for n, colour in enumerate(((200, 40, 40), (40, 40, 200))):
+        Image.new("RGB", (96, 96), colour).save(folder / f"thing_{n}.png")
     tab = Tab(page)
     tab.shots = 60
     page.goto(app["url"])
@@ -30,8 +32,6 @@ def test_messages_follow_the_state_they_tell_of(app, page, tmp_path):  # noqa: F
     tab.el("train_tools_create_project").click()
     tab.contains("train_tools_project_message", "Next: add pictures below")
     tab.contains("train_tools_repeats_hint", "Not in use yet")
-    from tests.browser_support import drop_files
-
     drop_files(page, tab.el("train_tools_upload"), sorted(Path(folder).glob("*.png")))
     tab.contains("train_tools_import_message", "2 pictures imported", timeout=60_000)
     expect(tab.el("train_tools_project_message")).to_have_text("", timeout=10_000)
