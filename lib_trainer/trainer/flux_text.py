@@ -2,8 +2,8 @@
 T5-XXL's last hidden state (``t5xxl_max_token_length`` tokens, padded to that length).
 
 ``apply_t5_attn_mask`` passes T5's attention mask to T5 (padding tokens then do not take part in the encoding);
-sd-scripts also masks them in the transformer's attention, which diffusers' FluxTransformer2DModel has no input
-for: the mask is returned so that the loop can zero or mask the padding itself.
+sd-scripts also masks them in the transformer's attention: the mask is returned for flux_attention's processor
+(``TextMaskedFluxAttention.masking(conds.t5_attn_mask)`` around the transformer's forward and backward passes).
 """
 from __future__ import annotations
 
