@@ -311,7 +311,7 @@ def test_train_refuses_a_missing_base_model_with_the_field(dataset_ws, capsys):
     assert code == 1 and not doc["ok"]
     assert [p["field"] for p in doc["problems"]] == ["pretrained_model_name_or_path"]
     assert "nope.safetensors" in doc["problems"][0]["message"]
-    assert "pretrained_model_name_or_path: The base model" in err
+    assert "--base: " in err and "pretrained_model_name_or_path" not in err  # the option, not the config key
     assert len(call(capsys, "status", "--workspace", str(dataset_ws), "--all")[1]["jobs"]) == jobs_before
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 from lib_trainer.cli.arg_values import parse_pairs
-from lib_trainer.cli.common import PROG, find_version, make_host, open_workspace, update_settings, version_settings
+from lib_trainer.cli.common import find_version, make_host, open_workspace, update_settings, version_settings
+from lib_trainer.cli.hints import command
 from lib_trainer.cli.errors import CliError, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from lib_trainer.cli.output import Output
 from lib_trainer.common.i18n import tr
@@ -17,7 +18,7 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
     from lib_trainer.dataset import importer
 
     ws = open_workspace(args)
-    version = find_version(ws, args.target)
+    version = find_version(ws, args.target, args)
     if version.busy:
         raise CliError(tr("Version \"{version}\" is training or queued; wait for it to finish.", version=version.key))
     missing = [p for p in args.paths if not os.path.exists(p)]
@@ -39,20 +40,22 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
     report = importer.import_pictures([Path(p).resolve() for p in args.paths], target,
                                       progress=progress if (out.tty or out.json) else None)
     out.end_progress()
-    out.say(report.to_markdown())
+    out.say(report.to_text())
     document: Dict[str, Any] = {"ok": True, "command": "import", "version": version.key, "report": report.to_dict()}
     usable = len(report.imported) + len(report.duplicates)
     code = EXIT_OK
     if not usable:
         code = EXIT_FAILED
         document["ok"] = False
-        document["error"] = tr("No picture could be imported.")
+        document["error"] = (tr("No picture could be imported (the reasons are above).") if report.items else
+                             tr("No picture files found in {paths}.", paths=", ".join(args.paths)))
         out.warn(document["error"])
     elif args.reg is not None:
         document["regularization_dir"] = str(target)
         out.say(tr("Regularization pictures are in {folder}; the next training run uses them.", folder=target))
     elif not args.no_preprocess:
         document.update(_preprocess(args, out, version))
+        _say_if_uncaptioned(args, out, version)
     out.emit(document)
     return code
 
@@ -95,12 +98,24 @@ def _preprocess(args: argparse.Namespace, out: Output, version) -> Dict[str, Any
         out.say("  " + tr("{name}: {reason}", name=skipped["name"], reason=skipped["reason"]))
     if why:
         out.say(why)
+        out.say(tr("The training folder uses these {repeats} repeats ({folder}); \"--repeats N\" on the next "
+                   "import sets others.", repeats=repeats, folder=Path(result.folder).name))
     others = [c.folder_name for c in concepts.list_concepts(version.dataset_dir) if c.name != concept]
     if others:  # made from the same source pictures, so those would be trained twice
         out.warn(tr("Other concept folders are trained too: {folders}. Delete them from {path} if they hold the "
                     "same pictures.", folders=", ".join(others), path=str(version.train_dir)))
     return {"preprocess": result.to_dict(), "concept": {"name": concept, "repeats": repeats, "folder": result.folder},
             "other_concepts": others}
+
+
+def _say_if_uncaptioned(args: argparse.Namespace, out: Output, version) -> None:
+    from lib_trainer.dataset.captions.caption_set import CaptionSet
+
+    captions = CaptionSet(version.train_dir).captions()
+    if captions and not any(captions.values()):
+        out.say(tr("No picture has a caption yet (a .txt file beside it). Training works without, but then the LoRA "
+                   "is tied to no word; give it a trigger word (or write captions with --set FILE=CAPTION):\n  "
+                   "{command}", command=command(args, "caption", version.key, "--trigger", "WORD")))
 
 
 # ---------------------------------------------------------------------------------------------- caption
@@ -110,7 +125,7 @@ def cmd_caption(args: argparse.Namespace, out: Output) -> int:
     from lib_trainer.dataset.captions.tags import parse_tags
 
     ws = open_workspace(args)
-    version = find_version(ws, args.target)
+    version = find_version(ws, args.target, args)
     edits_asked = bool(args.set or args.trigger or args.add or args.remove or args.replace)
     if args.undo and (edits_asked or args.tagger):
         raise CliError(tr("--undo cannot be combined with other caption changes."), code=EXIT_USAGE)
@@ -118,8 +133,8 @@ def cmd_caption(args: argparse.Namespace, out: Output) -> int:
         raise CliError(tr("Version \"{version}\" is training or queued; wait for it to finish.", version=version.key))
     cs = CaptionSet(version.train_dir, trigger_word=version_settings(version).get("trigger") or None)
     if not cs.pictures():
-        raise CliError(tr("Version \"{version}\" has no training pictures yet: run \"{prog} import {version} "
-                          "FOLDER\" first.", version=version.key, prog=PROG))
+        raise CliError(tr("Version \"{key}\" has no training pictures yet; import and preprocess some first:\n  "
+                          "{command}", key=version.key, command=command(args, "import", version.key, "FOLDER")))
     document: Dict[str, Any] = {"ok": True, "command": "caption", "version": version.key, "edits": []}
 
     if args.undo:

@@ -9,7 +9,8 @@ import threading
 import time
 from typing import Any, Dict, Optional, Tuple
 
-from lib_trainer.cli.common import EXTENSION_ROOT, POLL_S, PROG, ckpt_dirs, resolve_lora_dir, version_settings
+from lib_trainer.cli.common import EXTENSION_ROOT, POLL_S, ckpt_dirs, lora_dir, version_settings
+from lib_trainer.cli.hints import command as hint_command
 from lib_trainer.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 from lib_trainer.cli.output import Output, TrainProgress, checkpoint_dicts, say_checkpoints
 from lib_trainer.common.i18n import tr
@@ -26,9 +27,7 @@ def spawn_worker(args: argparse.Namespace, ws):
     command = [sys.executable, "-m", "lib_trainer.cli", "worker", "--workspace", str(ws.root)]
     for folder in ckpt_dirs(args):
         command += ["--ckpt-dir", str(folder)]
-    lora_dir = resolve_lora_dir(args, required=False)
-    if lora_dir is not None:
-        command += ["--lora-dir", str(lora_dir)]
+    command += ["--lora-dir", str(lora_dir(args))]
     if getattr(args, "python", None):
         command += ["--python", args.python]
     if getattr(args, "gpu", None):
@@ -50,7 +49,7 @@ def spawn_worker(args: argparse.Namespace, ws):
 
 
 def follow_job(out: Output, runner, version, job_id: str, since: float, worker=None,
-            command: str = "train") -> Tuple[int, Dict[str, Any]]:
+               command: str = "train", args: Optional[argparse.Namespace] = None) -> Tuple[int, Dict[str, Any]]:
     """Show a job's progress until it ends; Ctrl-C asks the trainer to save and stop (twice: stop it at once)."""
     from lib_trainer.jobs.events import EventTail
     from lib_trainer.jobs.store import ACTIVE_STATUSES
@@ -100,7 +99,7 @@ def follow_job(out: Output, runner, version, job_id: str, since: float, worker=N
             worker.wait(timeout=10)  # it exits once the queue is empty; never leave a zombie behind
         except Exception:
             pass
-    return _conclude(out, runner, version, job_id, stopped_by_user=stops > 0, command=command)
+    return _conclude(out, runner, version, job_id, stopped_by_user=stops > 0, command=command, args=args)
 
 
 def wants_auto_preview(version) -> bool:
@@ -136,8 +135,8 @@ def _kill_trainer(runner, job_id: str) -> None:
         pass
 
 
-def _conclude(out: Output, runner, version, job_id: str, stopped_by_user: bool,
-              command: str) -> Tuple[int, Dict[str, Any]]:
+def _conclude(out: Output, runner, version, job_id: str, stopped_by_user: bool, command: str,
+              args: Optional[argparse.Namespace]) -> Tuple[int, Dict[str, Any]]:
     state = version.state()
     job = runner.store.get(job_id)
     status = state.get("status", "draft")
@@ -147,8 +146,8 @@ def _conclude(out: Output, runner, version, job_id: str, stopped_by_user: bool,
     if status == "finished":
         out.say(tr("Training of \"{key}\" finished.", key=version.key))
         say_checkpoints(out, version)
-        out.say(tr("Next: \"{prog} preview {key}\" draws every checkpoint at several weights.", prog=PROG,
-                   key=version.key))
+        out.say(tr("Next: draw every checkpoint at several weights side by side with:\n  {command}",
+                   command=hint_command(args, "preview", version.key)))
         code = EXIT_OK
     elif status == "failed":
         error = state.get("error") or {}
@@ -164,7 +163,8 @@ def _conclude(out: Output, runner, version, job_id: str, stopped_by_user: bool,
         document["message"] = message
         out.warn(message)
         if state.get("resumable"):
-            out.warn(tr("Continue it with \"{prog} train {key} --resume\".", prog=PROG, key=version.key))
+            out.warn(tr("Continue it with:\n  {command}", command=hint_command(args, "train", version.key,
+                                                                                "--resume")))
         if version.checkpoints():
             say_checkpoints(out, version)
         code = EXIT_STOPPED if stopped_by_user else EXIT_FAILED

@@ -75,6 +75,12 @@ def duration_text(seconds: Optional[float]) -> str:
     return format_duration(seconds)
 
 
+def epochs_text(epochs: Optional[int]) -> str:
+    if epochs == 1:
+        return tr("1 epoch")
+    return tr("{n} epochs", n=epochs if epochs is not None else "?")
+
+
 def status_label(status: str) -> str:
     labels = {"draft": tr("draft"), "queued": tr("queued"), "running": tr("training"), "finished": tr("finished"),
               "failed": tr("failed"), "cancelled": tr("stopped"), "interrupted": tr("interrupted"),
@@ -114,9 +120,11 @@ class TrainProgress:
         kind = event.get("event")
         if kind == "start":
             self.total, self.epochs = event.get("total_steps"), event.get("epochs")
-            out.say(tr("Training on {device}: {images} pictures × repeats per epoch, {epochs} epochs, {steps} steps.",
-                       device=event.get("device", "?"), images=event.get("images", "?"), epochs=self.epochs or "?",
-                       steps=self.total or "?"))
+            out.say(tr("Training on {device}: {uses} picture uses per epoch (pictures × repeats), {epochs}, "
+                       "{steps} steps.", device=event.get("device", "?"), uses=event.get("images", "?"),
+                       epochs=epochs_text(self.epochs), steps=self.total or "?"))
+            if event.get("reg_images"):
+                out.say(tr("Regularization pictures: {uses} uses per epoch beside them.", uses=event["reg_images"]))
         elif kind == "step":
             line = self.line(event)
             now = time.monotonic()

@@ -2,22 +2,23 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Callable
 
 from lib_trainer.cli.arg_values import parse_size, parse_weights
-from lib_trainer.cli.common import CKPT_DIR_ENV, DEFAULT_WORKSPACE, LANG_ENV, LORA_DIR_ENV, PROG, WORKSPACE_ENV
+from lib_trainer.cli.common import CKPT_DIR_ENV, LANG_ENV, LORA_DIR_ENV, WORKSPACE_ENV
+from lib_trainer.cli.hints import join, program
+from lib_trainer.cli.train_config import EMBEDDED
 from lib_trainer.cli.dataset_cmds import cmd_caption, cmd_import
 from lib_trainer.cli.preview_cmds import cmd_pick, cmd_preview
 from lib_trainer.cli.projects_cmds import cmd_list, cmd_new, cmd_status
 from lib_trainer.cli.train_cmds import cmd_train, cmd_worker
 from lib_trainer.common.i18n import tr
+from lib_trainer.hosts.standalone import EMBEDDED_TINY_TITLE
 
 
 def _common(json_help: bool = True) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--workspace", metavar="DIR",
-                        default=os.environ.get(WORKSPACE_ENV) or str(DEFAULT_WORKSPACE),
+    common.add_argument("--workspace", metavar="DIR",  # None: $TRAIN_TOOLS_WORKSPACE or the default (common.py)
                         help=tr("the Train Tools workspace (default: ${env} or ./outputs/train_tools)",
                                 env=WORKSPACE_ENV))
     common.add_argument("--lang", metavar="LANG", help=argparse.SUPPRESS)  # read before parsing (see main)
@@ -29,21 +30,24 @@ def _common(json_help: bool = True) -> argparse.ArgumentParser:
 
 def _host_options(parser: argparse.ArgumentParser, lora: bool = False) -> None:
     parser.add_argument("--ckpt-dir", metavar="DIR", action="append",
-                        help=tr("folder of base checkpoints (.safetensors/.ckpt), repeatable (default: "
-                                "${env} or ./models/Stable-diffusion)", env=CKPT_DIR_ENV))
+                        help=tr("folder of base checkpoints (.safetensors/.ckpt), repeatable (default: ${env}, else "
+                                "./models/Stable-diffusion when it exists and <workspace>/models/Stable-diffusion)",
+                                env=CKPT_DIR_ENV))
     if lora:
         parser.add_argument("--lora-dir", metavar="DIR",
-                            help=tr("the Lora folder (default: ${env} or ./models/Lora)", env=LORA_DIR_ENV))
+                            help=tr("the Lora folder (default: ${env}, else ./models/Lora when it exists, as in a "
+                                    "WebUI's folder, else <workspace>/models/Lora, as the standalone app)",
+                                    env=LORA_DIR_ENV))
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=join(program()),  # the usage line shows the program as it was started
         description=tr("Train Tools without a browser: projects, datasets, captions, LoRA training, preview grids "
                        "and picking the best checkpoint."),
         epilog=tr("A version is named PROJECT/VERSION; PROJECT alone means its newest version. \"{prog} COMMAND "
-                  "--help\" tells more.", prog=PROG),
+                  "--help\" tells more.", prog=join(program())),
     )
     parser.add_argument("--lang", metavar="LANG", help=tr("language of the messages, e.g. zh_CN (default: ${env})",
                                                            env=LANG_ENV))
@@ -115,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                "(it saves a checkpoint). Exits 1 with the trainer's own message when it fails. Without --base, "
                "--preset, --vram or --set, the version's previous choices are used."), cmd_train)
     p.add_argument("target", metavar="PROJECT[/VERSION]")
-    p.add_argument("--base", metavar="MODEL", help=tr("base checkpoint: a file, or a name in --ckpt-dir"))
+    p.add_argument("--base", metavar="MODEL",
+                   help=tr("base checkpoint: a .safetensors/.ckpt file, the name of one in --ckpt-dir, or "
+                           "\"{embedded}\" (also its title, \"{title}\") for the small model that comes with "
+                           "Train Tools: no checkpoint file needed", embedded=EMBEDDED, title=tr(EMBEDDED_TINY_TITLE)))
     p.add_argument("--preset", choices=("person", "character", "style", "product"),
                    help=tr("what is learnt (default: person)"))
     p.add_argument("--vram", type=int, metavar="GB", help=tr("GPU memory tier: 6, 8, 12, 16 or 24 (default: 8)"))

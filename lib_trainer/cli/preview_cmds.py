@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from lib_trainer.cli.common import POLL_S, find_version, make_host, open_workspace, resolve_lora_dir
+from lib_trainer.cli.common import LORA_DIR_ENV, POLL_S, find_version, lora_dir, make_host, open_workspace
+from lib_trainer.cli.hints import command
 from lib_trainer.cli.errors import CliError, EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 from lib_trainer.cli.output import Output
 from lib_trainer.common.i18n import tr
@@ -19,9 +21,9 @@ def cmd_preview(args: argparse.Namespace, out: Output) -> int:
     from lib_trainer.preview.run import run_preview
 
     ws = open_workspace(args)
-    version = find_version(ws, args.target)
+    version = find_version(ws, args.target, args)
     if not version.checkpoints() and not args.set_only:
-        raise CliError(tr("Version \"{version}\" has no checkpoints yet: train it first.", version=version.key))
+        raise CliError(_untrained(args, version))
     host = make_host(args, ws)
     cfg = load_config(version, host)
     changes = {k: v for k, v in (("prompts", args.prompt), ("negative_prompt", args.negative),
@@ -120,14 +122,13 @@ def cmd_pick(args: argparse.Namespace, out: Output) -> int:
     from lib_trainer.checkpoints import promote
 
     ws = open_workspace(args)
-    version = find_version(ws, args.target)
-    lora_dir = resolve_lora_dir(args, required=True)
+    version = find_version(ws, args.target, args)
+    folder = lora_dir(args)
     checkpoints = version.checkpoints()
     if not checkpoints:
-        raise CliError(tr("Version \"{version}\" has no checkpoints yet: train it first.", version=version.key))
+        raise CliError(_untrained(args, version))
     chosen = _choose_checkpoint(version, checkpoints, args.checkpoint)
-    host = make_host(args, ws)
-    assert lora_dir is not None
+    host = make_host(args, ws)  # its Lora folder is lora_dir(args)
     try:
         result = promote.use_checkpoint(version, chosen, host, name=args.name, weight=args.weight,
                                      overwrite=args.overwrite)
@@ -137,6 +138,9 @@ def cmd_pick(args: argparse.Namespace, out: Output) -> int:
     for warning in result.warnings:
         out.warn(tr("warning: {message}", message=warning))
     out.say(tr("Copied {checkpoint} to {path}", checkpoint=chosen.name, path=str(result.lora_path)))
+    if not (args.lora_dir or os.environ.get(LORA_DIR_ENV)):
+        out.say(tr("(the default Lora folder; --lora-dir DIR or ${env} copies into another, e.g. a WebUI's "
+                   "models/Lora)", env=LORA_DIR_ENV))
     if result.preview_path:
         out.say(tr("Card picture: {path}", path=str(result.preview_path)))
     out.say(tr("Use it in a prompt: {prompt}", prompt=result.prompt))
@@ -144,8 +148,13 @@ def cmd_pick(args: argparse.Namespace, out: Output) -> int:
               "name": result.name, "lora": str(result.lora_path),
               "preview": str(result.preview_path) if result.preview_path else None,
               "preview_source": result.preview_source, "metadata": str(result.metadata_path),
-              "prompt": result.prompt, "warnings": result.warnings, "lora_dir": str(lora_dir)})
+              "prompt": result.prompt, "warnings": result.warnings, "lora_dir": str(folder)})
     return EXIT_OK
+
+
+def _untrained(args: argparse.Namespace, version) -> str:
+    return tr("Version \"{key}\" has no checkpoints yet; train it first (MODEL: a checkpoint file, or \"embedded\"):"
+              "\n  {command}", key=version.key, command=command(args, "train", version.key, "--base", "MODEL"))
 
 
 def _choose_checkpoint(version, checkpoints, wanted: Optional[str]):

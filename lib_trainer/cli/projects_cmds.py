@@ -5,7 +5,8 @@ import argparse
 import time
 from typing import Any, Dict, Optional
 
-from lib_trainer.cli.common import PROG, find_version, open_workspace, split_target
+from lib_trainer.cli.common import find_version, open_workspace, split_target
+from lib_trainer.cli.hints import command
 from lib_trainer.cli.errors import EXIT_OK
 from lib_trainer.cli.job_follow import QUEUE_NOTICE_S, follow_job, spawn_worker
 from lib_trainer.cli.output import Output, TrainProgress, checkpoint_dicts, say_checkpoints, status_label
@@ -32,10 +33,15 @@ def cmd_new(args: argparse.Namespace, out: Output) -> int:
         version = project.version(version_name or DEFAULT_VERSION)
         out.say(tr("Created project \"{project}\" with version \"{version}\": {path}", project=project.name,
                    version=version.name, path=str(version.path)))
+        if version_name:  # "a/b" is PROJECT/VERSION, never a project named "a/b": say so
+            out.say(tr("(\"{target}\" reads as PROJECT/VERSION: project \"{project}\", version \"{version}\"; a "
+                       "project name cannot contain \"/\".)", target=args.target.strip(), project=project.name,
+                       version=version.name))
     else:
         if not version_name:
-            raise AlreadyExists(tr("A project named \"{project}\" already exists; name a new version: "
-                                   "\"{project}/v2\".", project=project.name))
+            raise AlreadyExists(tr("A project named \"{project}\" already exists; to add a version to it:\n  "
+                                   "{command}", project=project.name,
+                                   command=command(args, "new", f"{project.name}/v{len(project.versions()) + 1}")))
         source = None
         if args.from_version:  # "v1" or "PROJECT/v1" (a version of this project)
             source = split_target(args.from_version)[1] or args.from_version
@@ -47,7 +53,8 @@ def cmd_new(args: argparse.Namespace, out: Output) -> int:
         else:
             out.say(tr("Created version \"{version}\" of \"{project}\": {path}", version=version.name,
                        project=project.name, path=str(version.path)))
-    out.say(tr("Next: import pictures with \"{prog} import {target} FOLDER\".", prog=PROG, target=version.key))
+    out.say(tr("Next: import pictures (FOLDER: a folder, picture files or a .zip):\n  {command}",
+               command=command(args, "import", version.key, "FOLDER")))
     out.emit({"ok": True, "command": "new", "project": project.name, "version": version.to_dict()})
     return EXIT_OK
 
@@ -65,8 +72,8 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
                              "checkpoints": len(v.checkpoints()), "path": str(v.path)})
         data.append({"name": project.name, "path": str(project.path), "versions": versions})
     if not data:
-        out.say(tr("No projects in {workspace} yet: create one with \"{prog} new NAME\".", workspace=str(ws.root),
-                   prog=PROG))
+        out.say(tr("No projects in {workspace} yet; create one with:\n  {command}", workspace=str(ws.root),
+                   command=command(args, "new", "NAME")))
     for project in data:
         out.say(project["name"])
         for v in project["versions"]:
@@ -93,11 +100,11 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
             out.say(tr("{id}  {key}  {status}{where}  {message}", id=job.id, key=job.key,
                        status=status_label(job.status), where=where, message=job.message or ""))
         if any(_stuck(j.to_dict()) for j in jobs) and not _queue_is_run(ws):
-            out.warn(tr("No Train Tools process is running the queue; \"{prog} worker\" picks the jobs up.",
-                        prog=PROG))
+            out.warn(tr("No Train Tools process is running the queue; this picks the jobs up:\n  {command}",
+                        command=command(args, "worker")))
         out.emit({"ok": True, "command": "status", "jobs": [j.to_dict() for j in jobs]})
         return EXIT_OK
-    version = find_version(ws, args.target)
+    version = find_version(ws, args.target, args)
     status = runner.status(version.project.name, version.name, events=args.events)
     job = status.get("job")
     unattended = bool(job and _stuck(job) and not _queue_is_run(ws))
@@ -105,15 +112,16 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
         if unattended:  # e.g. after a restart: somebody has to run (or settle) the job to follow it
             spawn_worker(args, ws)
         code, document = follow_job(out, runner, version, job["id"],
-                                 since=_epoch(job.get("started") or job.get("created")), command="status")
+                                    since=_epoch(job.get("started") or job.get("created")), command="status",
+                                    args=args)
         out.emit(document)
         return code
     if unattended:
-        out.warn(tr("No Train Tools process is running the queue; \"{prog} worker\" (or \"status {key} --follow\") "
-                    "picks the job up.", prog=PROG, key=version.key))
+        out.warn(tr("No Train Tools process is running the queue; this picks the job up and shows its progress:"
+                    "\n  {command}", command=command(args, "status", version.key, "--follow")))
     status["unattended"] = unattended
     status["checkpoints_on_disk"] = checkpoint_dicts(version)
-    _say_status(out, version, status)
+    _say_status(args, out, version, status)
     out.emit({"ok": True, "command": "status", **status})
     return EXIT_OK
 
@@ -137,7 +145,7 @@ def _queue_is_run(ws) -> bool:
     return True
 
 
-def _say_status(out: Output, version, status: Dict[str, Any]) -> None:
+def _say_status(args: argparse.Namespace, out: Output, version, status: Dict[str, Any]) -> None:
     state = status.get("status", "draft")
     position = tr(" (position {position} in the queue)", position=status["position"]) if status.get("position") else ""
     out.say(tr("{key}: {status}{position}", key=version.key, status=status_label(state), position=position))
@@ -149,7 +157,8 @@ def _say_status(out: Output, version, status: Dict[str, Any]) -> None:
     if error.get("message"):
         out.say("  " + tr("error: {message}", message=error["message"]))
     if status.get("resumable"):
-        out.say("  " + tr("resumable: \"{prog} train {key} --resume\"", prog=PROG, key=version.key))
+        out.say("  " + tr("resumable; continue it with:\n    {command}",
+                          command=command(args, "train", version.key, "--resume")))
     say_checkpoints(out, version)
     events = status.get("events") or []
     if events:

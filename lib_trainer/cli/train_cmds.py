@@ -6,7 +6,8 @@ import os
 import time
 from typing import Any, Callable, Dict
 
-from lib_trainer.cli.common import POLL_S, PROG, find_version, make_host, open_workspace, update_settings
+from lib_trainer.cli.common import POLL_S, find_version, make_host, open_workspace, update_settings
+from lib_trainer.cli.hints import command
 from lib_trainer.cli.errors import CliError, EXIT_OK
 from lib_trainer.cli.job_follow import follow_job, spawn_worker, wants_auto_preview
 from lib_trainer.cli.output import Output
@@ -20,10 +21,10 @@ def cmd_train(args: argparse.Namespace, out: Output) -> int:
     from lib_trainer.trainer import schema
 
     ws = open_workspace(args)
-    version = find_version(ws, args.target)
+    version = find_version(ws, args.target, args)
     if version.busy:
-        raise CliError(tr("\"{key}\" is already queued or training; see \"{prog} status {key}\".", key=version.key,
-                          prog=PROG))
+        raise CliError(tr("\"{key}\" is already queued or training; follow it with:\n  {command}", key=version.key,
+                          command=command(args, "status", version.key, "--follow")))
     runner = JobRunner(ws, host=None)
     if args.resume:
         _remember_preview_choice(args, version)
@@ -35,25 +36,26 @@ def cmd_train(args: argparse.Namespace, out: Output) -> int:
         out.say(presets.describe_estimate(est))
         schema.save_config(cfg, version.config_path)
         earlier = version.checkpoints()
-        if earlier:
-            out.warn(tr("{count} checkpoint(s) of an earlier run stay in {folder} (files of the same name are "
-                        "replaced); to keep runs apart, train a new version: \"{prog} new {project}/NEW --from "
-                        "{version}\".", count=len(earlier), folder=str(version.checkpoints_dir), prog=PROG,
-                        project=version.project.name, version=version.name))
+        if earlier:  # the job runner moves them to the trash when the run starts (Version.archive_outputs)
+            out.warn(tr("The {count} checkpoint(s) of the earlier run move to the workspace's trash ({trash}) when "
+                        "this run starts. To keep runs side by side, train a new version instead:\n  {command}",
+                        count=len(earlier), trash=str(ws.root / ".trash"),
+                        command=command(args, "new", f"{version.project.name}/NEW", "--from", version.name)))
         _remember_preview_choice(args, version)
         job = runner.submit(version.project.name, version.name)
     submitted = time.time()
     worker = spawn_worker(args, ws)
     if args.detach:
         out.say(tr("Queued \"{key}\" as job {job} (position {position}); it trains in the background. Follow it "
-                   "with \"{prog} status {key} --follow\".", key=version.key, job=job.id,
-                   position=job.position or 1, prog=PROG))
+                   "with:\n  {command}", key=version.key, job=job.id, position=job.position or 1,
+                   command=command(args, "status", version.key, "--follow")))
         out.emit({"ok": True, "command": "train", "detached": True, "version": version.key, "job": job.to_dict(),
                   "worker_pid": worker.pid})
         return EXIT_OK
-    code, document = follow_job(out, runner, version, job.id, since=submitted - 1.0, worker=worker, command="train")
+    code, document = follow_job(out, runner, version, job.id, since=submitted - 1.0, worker=worker, command="train",
+                                args=args)
     if code == EXIT_OK and wants_auto_preview(version):
-        _wait_for_preview(out, version, worker, document)
+        _wait_for_preview(args, out, version, worker, document)
     out.emit(document)
     return code
 
@@ -63,7 +65,7 @@ def _remember_preview_choice(args: argparse.Namespace, version) -> None:
         update_settings(version, auto_preview=bool(args.preview))
 
 
-def _wait_for_preview(out: Output, version, worker, document: Dict[str, Any]) -> None:
+def _wait_for_preview(args: argparse.Namespace, out: Output, version, worker, document: Dict[str, Any]) -> None:
     """After a foreground run with --preview: the worker draws the grid; wait for it and say where it is."""
     from lib_trainer.preview.grid import grid_files
 
@@ -71,8 +73,8 @@ def _wait_for_preview(out: Output, version, worker, document: Dict[str, Any]) ->
     try:
         worker.wait()
     except KeyboardInterrupt:
-        out.warn(tr("The preview goes on in the background; \"{prog} preview {key}\" shows it when it is done.",
-                    prog=PROG, key=version.key))
+        out.warn(tr("The preview goes on in the background; once it is done, this shows where it is:\n  {command}",
+                    command=command(args, "preview", version.key)))
         return
     error = (version.state().get("after_train_error") or {}).get("message")
     grids = grid_files(version)

@@ -142,14 +142,22 @@ class ImportReport:
         return data
 
     def to_markdown(self) -> str:
+        """The report for the tab: file names as code."""
+        return self._render(lambda name: f"- `{_md(name)}`", "- ")
+
+    def to_text(self) -> str:
+        """The same report as plain text, for a terminal: no Markdown."""
+        return self._render(lambda name: f"  {name}", "  ")
+
+    def _render(self, item_name: Callable[[str], str], note_prefix: str) -> str:
         lines = [self.summary()]
-        lines += [f"- {note}" for note in self.notes]
+        lines += [f"{note_prefix}{note}" for note in self.notes]
         problems = [i for i in self.items if i.status != "imported" or i.notes]
         if problems:
             lines.append("")
             for item in problems:
                 text = "; ".join([item.message] + item.notes) if item.status != "imported" else "; ".join(item.notes)
-                lines.append(f"- `{_md(item.name)}`: {text}")
+                lines.append(f"{item_name(item.name)}: {text}")
         return "\n".join(lines)
 
 
