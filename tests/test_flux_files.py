@@ -150,3 +150,26 @@ def test_plain_reads_give_safetensors_own_tensors_and_name_a_truncated_file(tiny
     cut.write_bytes(files.clip_l.read_bytes()[:-100])
     with pytest.raises(ff.FluxFileError, match="cut.safetensors ends early .*download it again"):
         ff.read_part(cut)
+
+
+def test_forge_s_vae_and_text_encoder_selection_is_told_apart_by_the_headers(tiny_flux, tmp_path):
+    from safetensors.torch import save_file
+
+    from lib_trainer.demo.tiny_model import TINY_CONFIGS, build_state_dict
+
+    dev = tiny_flux["dev"]
+    assert ff.assign_parts([dev.t5xxl_fp8, dev.ae, dev.clip_l]) == {
+        "t5xxl": dev.t5xxl_fp8, "ae": dev.ae, "clip_l": dev.clip_l}
+    assert ff.assign_parts([]) == {}
+    with pytest.raises(ff.FluxFileError, match="t5xxl_fp16.safetensors and t5xxl_fp8_e4m3fn.safetensors are both "
+                                               "t5xxl; keep one of them"):
+        ff.assign_parts([dev.t5xxl, dev.clip_l, dev.t5xxl_fp8])
+    sd = build_state_dict(TINY_CONFIGS["sd1"], seed=0)
+    prefix = "first_stage_model."
+    save_file({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, str(tmp_path / "sd-vae.safetensors"))
+    assert ff.inspect_file(tmp_path / "sd-vae.safetensors").kind == "other"  # 4 latent channels
+    with pytest.raises(ff.FluxFileError, match="sd-vae.safetensors is not a FLUX.1 AE or text encoder"):
+        ff.assign_parts([dev.ae, tmp_path / "sd-vae.safetensors"])
+    gguf = tf.write_gguf_stub(tmp_path / "t5-v1_1-xxl-encoder-Q5_K_M.gguf")
+    with pytest.raises(ff.FluxFileError, match="GGUF-quantized model.*t5xxl_fp16.safetensors"):
+        ff.assign_parts([gguf])

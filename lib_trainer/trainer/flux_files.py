@@ -184,6 +184,9 @@ def inspect_file(path: PathLike) -> FluxFileInfo:
     common = dict(path=path, storage_dtype=major, scaled_fp8=scaled, quantization=quantization, dtype_counts=counts)
     if "decoder.conv_in.weight" in keys and "encoder.conv_in.weight" in keys:
         layout = "diffusers" if "decoder.up_blocks.0.resnets.0.norm1.weight" in keys else "bfl"
+        latent = (entries["decoder.conv_in.weight"].get("shape") or [0, 0])[1]
+        if latent != FLUX_LATENT_CHANNELS:  # a Stable Diffusion VAE (4 channels) beside the AE in models/VAE
+            return FluxFileInfo(kind="other", layout=layout, **common)
         return FluxFileInfo(kind="ae", layout=layout, parts=("ae",), **common)
     if "text_model.final_layer_norm.weight" in keys or CLIP_L_PREFIX + "text_model.final_layer_norm.weight" in keys:
         return FluxFileInfo(kind="clip_l", parts=("clip_l",), **common)
@@ -229,6 +232,29 @@ def refuse_derived(info: FluxFileInfo) -> None:
         f"{info.path.name} is {_DERIVED[info.derived]}; FLUX.1 LoRAs are trained on FLUX.1-dev or FLUX.1-schnell: "
         f"pick {_FULL_FILES[None]}"
     )
+
+
+ENCODER_PARTS = ("ae", "clip_l", "t5xxl")
+
+
+def assign_parts(paths: Iterable[PathLike]) -> dict[str, Path]:
+    """Which of the files Forge's "VAE / Text Encoder" selector holds is the AE, CLIP-L and T5 (its list does not
+    say): part -> path, from each file's header. FluxFileError for a file that is none of them (an SD VAE, a
+    quantized T5: named with what to pick) and for two files of one part."""
+    found: dict[str, Path] = {}
+    for raw in paths:
+        path = Path(raw)
+        info = inspect_file(path)
+        refuse_quantized(info)
+        if info.kind not in ENCODER_PARTS:
+            raise FluxFileError(
+                f"{path.name} is not a FLUX.1 AE or text encoder; the VAE / Text Encoder selection takes "
+                f"ae.safetensors, clip_l.safetensors and {_T5_FILES}"
+            )
+        if info.kind in found:
+            raise FluxFileError(f"{found[info.kind].name} and {path.name} are both {info.kind}; keep one of them")
+        found[info.kind] = path
+    return found
 
 
 def check_part(info: FluxFileInfo, part: str) -> None:
