@@ -6,7 +6,10 @@ so its command line looks like the real trainer's. ``FAKE_TRAINER_MODE`` picks t
 - ``garbage``: prints binary junk, half JSON and non-event JSON to stdout/stderr, writes the same kind of lines
   and a step event split across two writes into the events file, one checkpoint, then ``done``;
 - ``slow``: a step every 50 ms until SIGINT, then a checkpoint, a state folder and ``done`` (interrupted);
-- ``stubborn``: like ``slow`` but ignores SIGINT (only SIGKILL ends it).
+- ``stubborn``: like ``slow`` but ignores SIGINT (only SIGKILL ends it);
+- ``slowsteps``: like ``slow`` at 2 s a step (its events say so), and it ends the step it is in before it saves;
+- ``diskfull``: three steps, then waits for a file ``disk_full_now`` in its output folder and fails as torch's
+  writer does on a full disk ("unexpected pos"), exit code 1.
 """
 from __future__ import annotations
 
@@ -65,6 +68,32 @@ def main() -> int:
         final = checkpoint(3, "")
         print("some library chatter {braces} [brackets]", flush=True)
         emit("done", checkpoints=[final], interrupted=False, steps=3)
+        return 0
+
+    if mode == "diskfull":
+        emit("start", total_steps=30, epochs=1, steps_per_epoch=30, images=1, device="cpu")
+        for step in (1, 2, 3):
+            emit("step", step=step, epoch=1, loss=0.5, lr=0.001, it_per_s=20.0, eta_s=1.0)
+        while not (out / "disk_full_now").exists():
+            time.sleep(0.05)
+        emit("error", message="RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0",
+             traceback_tail="torch/serialization.py in save")
+        return 1
+
+    if mode == "slowsteps":
+        signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
+        emit("start", total_steps=1000, epochs=1, steps_per_epoch=1000, images=1, device="cpu")
+        step = 0
+        while not stop["requested"]:
+            step += 1
+            emit("step", step=step, epoch=1, loss=0.5, lr=0.001, it_per_s=0.5, eta_s=2000.0)
+            time.sleep(0.2)
+        time.sleep(2.5)  # the rest of the step it was in: longer than stop_timeout_s alone
+        path = checkpoint(step, f"-step{step:08d}")
+        state = out / f"{cfg.output_name}-step{step:08d}-state"
+        state.mkdir(exist_ok=True)
+        (state / "train_state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
+        emit("done", checkpoints=[path], interrupted=True, steps=step)
         return 0
 
     if mode == "stubborn":

@@ -267,6 +267,76 @@ def test_a_trainer_ignoring_the_stop_is_killed_after_the_timeout(tiny_sd1, ws, r
     assert final["status"] == "cancelled" and final["exit_code"] == -9
     assert "killing it" in ws.version("dog", "v1").log_path.read_text(encoding="utf-8")
     assert host.calls == ["release", "restore"]
+    # the tab says what happened: ended by force, nothing to resume from
+    assert "ended by force" in final["message"] and "none to resume from" in final["message"]
+    assert final["resumable"] is False
+
+
+def test_the_stop_grace_period_fits_the_step_time(tiny_sd1, ws, runners, tmp_path, monkeypatch):
+    """At 2 s a step the trainer needs longer than stop_timeout_s to end its step and save: it is not killed."""
+    monkeypatch.setenv("FAKE_TRAINER_MODE", "slowsteps")
+    make_version(ws, tiny_sd1)
+    runner = runners(RecordingHost(), python=fake_python(tmp_path), stop_timeout_s=1.0).start()
+    runner.submit("dog", "v1")
+    wait_for(lambda: (runner.status("dog", "v1").get("step") or 0) >= 2, TIMEOUT, "steps")
+    runner.stop("dog", "v1")
+    final = runner.wait("dog", "v1", timeout=60)
+    assert final["status"] == "cancelled" and final["exit_code"] == 0, final
+    assert final["resumable"] is True and final["message"].startswith("Stopped on request; the checkpoints")
+    assert "within 5 s" in ws.version("dog", "v1").log_path.read_text(encoding="utf-8")  # 1 s + 2 steps of 2 s
+
+
+def test_a_full_disk_is_said_as_a_full_disk_and_never_retried_in_a_loop(tiny_sd1, ws, runners, tmp_path, monkeypatch,
+                                                                        caplog):
+    import errno
+    import logging
+
+    from lib_trainer import projects
+    from lib_trainer.common import disk
+    from lib_trainer.jobs import runner as runner_module, store
+
+    monkeypatch.setenv("FAKE_TRAINER_MODE", "diskfull")
+    monkeypatch.setattr(runner_module, "UNSAVED_RETRY_S", 0.5)
+    v = make_version(ws, tiny_sd1)
+    runner = runners(RecordingHost(), python=fake_python(tmp_path)).start()
+    runner.submit("dog", "v1")
+    wait_for(lambda: (runner.status("dog", "v1").get("step") or 0) >= 3, TIMEOUT, "steps")
+
+    full = {"on": True}
+    real_write = projects.atomic_write_json
+
+    def write(path, data):
+        if full["on"]:
+            raise disk.DiskFull(Path(path).parent, 10 << 20)
+        real_write(path, data)
+
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: (10 << 20) if full["on"] else (50 << 30))
+    monkeypatch.setattr(projects, "atomic_write_json", write)
+    monkeypatch.setattr(store, "atomic_write_json", write)
+    caplog.set_level(logging.DEBUG, logger="train_tools.jobs")
+    (v.checkpoints_dir / "disk_full_now").parent.mkdir(parents=True, exist_ok=True)
+    (v.checkpoints_dir / "disk_full_now").touch()
+
+    # version.json and jobs.json cannot be written, yet the runner says how it ended
+    state = runner.wait("dog", "v1", timeout=60)
+    assert state["status"] == "failed"
+    assert state["message"].startswith("The disk is full (10 MB free at ") and "Free some space" in state["message"]
+    assert "unexpected pos" not in state["message"] and "unexpected pos" in state["error"]["traceback_tail"]
+    assert runner.job_for("dog", "v1").status == "failed"
+    assert v.state()["status"] == "running"  # on disk it still says so: nothing could be written
+    stop_message = runner.stop("dog", "v1")  # nothing to stop: it has ended
+    assert stop_message == "idle"
+    import time as clock
+
+    clock.sleep(2.0)  # 20 polls of the worker
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) <= 3, [r.getMessage() for r in errors]  # said once each, not once per poll
+    assert not [r for r in caplog.records if "reattaching" in r.getMessage()]
+
+    full["on"] = False  # space freed: what was kept in memory is written
+    wait_for(lambda: v.state()["status"] == "failed", 30, "version.json written")
+    assert v.state()["message"] == state["message"]
+    wait_for(lambda: store.JobStore(ws.root).load()[-1].status == "failed", 30, "jobs.json written")
 
 
 def test_two_runners_on_one_workspace_never_train_at_once(tiny_sd1, ws, runners, tmp_path, monkeypatch):

@@ -15,6 +15,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from lib_trainer.common.disk import disk_full
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -23,7 +25,9 @@ def atomic_save(path: PathLike, write: Callable[[Path], None], *, durable: bool 
 
     The temporary file is hidden and ends in ``.tmp``, so a folder scan (the WebUI's Lora list, the trainer's
     dataset) never takes a half-written file for a picture or a LoRA; writers name their format explicitly.
-    ``durable=False`` skips the fsync, for files that can simply be made again (preview cells and grids)."""
+    ``durable=False`` skips the fsync, for files that can simply be made again (preview cells and grids).
+    A write that failed for want of space raises :class:`~lib_trainer.common.disk.DiskFull` (whatever the writer
+    called it), the target left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:40]}.", suffix=".tmp")
@@ -34,12 +38,22 @@ def atomic_save(path: PathLike, write: Callable[[Path], None], *, durable: bool 
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if _write_failure(exc):
+            full = disk_full(path.parent, exc)
+            if full is not None:
+                raise full from exc
         raise
+
+
+def _write_failure(exc: BaseException) -> bool:
+    """An error a writer raises when the file system fails it (torch's zip writer: RuntimeError; safetensors: its
+    own error type), as opposed to a bug or an interrupt."""
+    return isinstance(exc, (OSError, RuntimeError)) or "safetensor" in type(exc).__name__.lower()
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

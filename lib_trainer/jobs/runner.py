@@ -41,6 +41,7 @@ from lib_trainer.jobs.supervisor import (TrainerRun, apply_event, enforce_stop, 
 from lib_trainer.projects import Busy, now_iso, ProjectError, Version, Workspace
 
 log = logging.getLogger("train_tools.jobs")
+UNSAVED_RETRY_S = 30.0  # how often what a full disk kept from version.json and jobs.json is written again
 
 Listener = Callable[["Job", Dict[str, Any]], None]
 AfterTrain = Callable[[Version], None]
@@ -79,6 +80,15 @@ class JobRunner:
         self._stop_trainer_on_shutdown = False
         self._thread: Optional[threading.Thread] = None
         self._handling: Optional[str] = None  # id of the job the worker is busy with (after_train included)
+        # What could not be written (a full disk): version key → version.json changes, job id → jobs.json changes.
+        # status() and jobs() show them, the worker does not take such a job for one left running, and writing them
+        # is tried again every UNSAVED_RETRY_S, never in a loop.
+        self._unsaved_versions: Dict[str, Dict[str, Any]] = {}
+        self._unsaved_jobs: Dict[str, Dict[str, Any]] = {}
+        self._unsaved_retry_at = 0.0
+        self._stops_in_memory: set = set()  # ids of jobs asked to stop when jobs.json could not be written
+        self.unsaved_revision = 0  # changes whenever they do: the tab's poll refreshes on it (the files stay put)
+        self._last_error: Optional[str] = None
 
     # ---- life cycle ------------------------------------------------------------------------------------
     def start(self) -> "JobRunner":
@@ -119,7 +129,8 @@ class JobRunner:
 
         def change(jobs: List[Job]) -> Tuple[str, Optional[Job]]:
             for job in jobs:
-                if job.key != v.key or job.status not in ACTIVE_STATUSES:
+                status = self._unsaved_jobs.get(job.id, {}).get("status", job.status)  # ended on a full disk
+                if job.key != v.key or status not in ACTIVE_STATUSES:
                     continue
                 if job.status == "queued":
                     jobs.remove(job)
@@ -127,11 +138,24 @@ class JobRunner:
                     v.update(status=before if before not in (None, *ACTIVE_STATUSES) else "draft", job_id=None)
                     return "dequeued", job
                 job.stop_requested = True
-                v.update(stop_requested=now_iso())
+                try:
+                    v.update(stop_requested=now_iso())
+                except OSError:  # only what the tab shows meanwhile; the stop itself is in jobs.json
+                    pass
                 return "stopping", job
             return "idle", None
 
-        outcome, job = self.store.mutate(change)
+        latest = self.job_for(v.project.name, v.name)
+        if latest is None or latest.status not in ACTIVE_STATUSES:
+            return "idle"
+        try:
+            outcome, job = self.store.mutate(change)
+        except OSError:  # a full disk: a trainer this runner follows is stopped all the same
+            running = next((j for j in self.store.load() if j.key == v.key and j.status == "running"), None)
+            if running is None or running.id != self._handling:
+                raise
+            self._stops_in_memory.add(running.id)
+            outcome, job = "stopping", running
         if job is not None and outcome == "dequeued":
             self._notify(job, {"event": "job", "status": "dequeued"})
         self._wake.set()
@@ -139,20 +163,26 @@ class JobRunner:
         return outcome
 
     def jobs(self) -> List[Job]:
-        """Every job in jobs.json: queued and running ones and recent history, in submission order."""
-        return self.store.load()
+        """Every job in jobs.json: queued and running ones and recent history, in submission order (with what
+        could not be written into it yet)."""
+        jobs = self.store.load()
+        for job in jobs:
+            for key, value in self._unsaved_jobs.get(job.id, {}).items():
+                setattr(job, key, value)
+        return jobs
 
     def job_for(self, project: str, version: str) -> Optional[Job]:
         """The version's latest job, if it ever had one."""
         key = f"{project}/{version}"
-        found = [j for j in self.store.load() if j.key == key]
+        found = [j for j in self.jobs() if j.key == key]
         return found[-1] if found else None
 
     def status(self, project: str, version: str, events: int = 20) -> Dict[str, Any]:
-        """version.json's state plus the latest job, its queue position and the last ``events`` events."""
+        """version.json's state (with what could not be written into it yet) plus the latest job, its queue
+        position and the last ``events`` events."""
         v = self.workspace.version(project, version)
         job = self.job_for(v.project.name, v.name)
-        return {**v.to_dict(), "job": job.to_dict() if job else None,
+        return {**v.to_dict(), **self._unsaved_versions.get(v.key, {}), "job": job.to_dict() if job else None,
                 "position": job.position if job and job.status == "queued" else None,
                 "events": last_events(v.events_path, events)}
 
@@ -206,22 +236,38 @@ class JobRunner:
 
     # ---- the worker ------------------------------------------------------------------------------------
     def _worker(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
             worked = False
             if try_acquire(self._trainer_lock):
                 try:
+                    self._retry_unsaved()
                     worked = self._work_once()
-                except Exception:  # the worker must never die; the job itself was already marked
-                    log.exception("train_tools: job runner error")
+                    failures = 0
+                except Exception as exc:  # the worker must never die; the job itself was already marked
+                    failures += 1
+                    self._log_error(exc)
                 finally:
                     self._trainer_lock.release()
-            if not worked:
+            if failures:  # the same failure again would only fill the log: wait longer each time, up to a minute
+                self._wake.wait(min(60.0, self.settings.poll_s * 2 ** failures))
+                self._wake.clear()
+            elif not worked:
                 self._wake.wait(self.settings.poll_s)
                 self._wake.clear()
 
+    def _log_error(self, exc: Exception) -> None:
+        """A runner error in the log once, not once per retry."""
+        text = f"{type(exc).__name__}: {exc}"
+        if text != self._last_error:
+            self._last_error = text
+            log.exception("train_tools: job runner error")
+        else:
+            log.debug("train_tools: job runner error again: %s", text)
+
     def _work_once(self) -> bool:
         """With the trainer lock held: adopt a job left running, else run the next queued one."""
-        left_running = [j for j in self.store.load() if j.status == "running"]
+        left_running = [j for j in self.store.load() if j.status == "running" and j.id not in self._unsaved_jobs]
         if left_running:
             self._handle(left_running[0], self._adopt)
             return True
@@ -386,7 +432,7 @@ class JobRunner:
                 run.job.stop_requested = True
             if not run.job.stop_requested:
                 stored = self.store.get(run.job.id)  # a stop may come from another process
-                run.job.stop_requested = bool(stored and stored.stop_requested)
+                run.job.stop_requested = bool(stored and stored.stop_requested) or run.job.id in self._stops_in_memory
             if run.job.stop_requested:
                 enforce_stop(run, self.settings.stop_timeout_s)
             self._wake.wait(self.settings.poll_s)
@@ -400,7 +446,7 @@ class JobRunner:
         for event in events:
             apply_event(run, event, changes)
         if changes:
-            run.version.update(**changes)
+            self._update_version(run.version, changes)
         for event in events:
             self._notify(run.job, event)
 
@@ -411,16 +457,58 @@ class JobRunner:
         if run.trainer is not None and run.trainer.popen is not None:
             log_line(run.version, f"trainer exited with code {exit_code}; job {status}")
         try:
-            run.version.update(**changes)
-        except Exception:  # the version vanished or cannot be written; jobs.json still records the outcome
+            self._update_version(run.version, changes)
+        except Exception:  # the version vanished; jobs.json still records the outcome
             log.exception("train_tools: cannot record the end of %s in version.json", run.job.key)
         self._finish_job(run.job, status, message, exit_code)
 
     def _finish_job(self, job: Job, status: str, message: Optional[str], exit_code: Optional[int] = None) -> None:
         job.status, job.finished, job.message, job.exit_code = status, now_iso(), message, exit_code
-        self.store.update(job.id, status=status, finished=job.finished, message=message, exit_code=exit_code)
+        changes = dict(status=status, finished=job.finished, message=message, exit_code=exit_code)
+        try:
+            self.store.update(job.id, **changes)
+        except OSError as exc:  # a full disk: the job has ended all the same; jobs.json follows when it can
+            log.warning("train_tools: cannot write the end of job %s to jobs.json (%s); kept in memory", job.key, exc)
+            self._unsaved_jobs[job.id] = {**self._unsaved_jobs.get(job.id, {}), **changes}
+            self.unsaved_revision += 1
         self._notify(job, {"event": "job", "status": status, "message": message})
         self._notify_changed()
+
+    def _update_version(self, v: Version, changes: Dict[str, Any]) -> None:
+        """version.json changes; on a write failure (a full disk) they are kept for status() and written later."""
+        try:
+            v.update(**changes)
+        except OSError as exc:
+            if v.key not in self._unsaved_versions:
+                log.warning("train_tools: cannot write %s (%s); its state is kept in memory", v.state_path, exc)
+            self._unsaved_versions[v.key] = {**self._unsaved_versions.get(v.key, {}), **changes}
+            self.unsaved_revision += 1
+            return
+        if self._unsaved_versions.pop(v.key, None) is not None:
+            self.unsaved_revision += 1
+
+    def _retry_unsaved(self) -> None:
+        """Write what a full disk kept in memory, at most every UNSAVED_RETRY_S."""
+        if not (self._unsaved_versions or self._unsaved_jobs) or time.monotonic() < self._unsaved_retry_at:
+            return
+        self._unsaved_retry_at = time.monotonic() + UNSAVED_RETRY_S
+        self.unsaved_revision += 1
+        for key, changes in list(self._unsaved_versions.items()):
+            project, name = key.split("/", 1)
+            try:
+                self.workspace.version(project, name).update(**changes)
+            except ProjectError:
+                self._unsaved_versions.pop(key, None)  # deleted since
+            except OSError:
+                continue
+            else:
+                self._unsaved_versions.pop(key, None)
+        for job_id, changes in list(self._unsaved_jobs.items()):
+            try:
+                self.store.update(job_id, **changes)
+            except OSError:
+                continue
+            self._unsaved_jobs.pop(job_id, None)
 
     def _forget_preview_loras(self, v: Version) -> None:
         """Drop the copies of the last run's checkpoints the host staged for previews (their names are content

@@ -74,9 +74,11 @@ class JobStore:
         return [Job.from_dict(j) for j in data.get("jobs", []) if isinstance(j, dict) and j.get("id")]
 
     def mutate(self, change: Callable[[List[Job]], Any]) -> Any:
-        """Apply ``change`` to the job list under an in-process and an OS lock; positions are renumbered."""
+        """Apply ``change`` to the job list under an in-process and an OS lock; positions are renumbered. The file
+        is written only when something changed (the worker asks for a queued job at every poll)."""
         with self._lock, self._file_lock:
             jobs = self.load()
+            before = [j.to_dict() for j in jobs]
             result = change(jobs)
             position = 0
             for job in jobs:
@@ -88,7 +90,9 @@ class JobStore:
             done = [j for j in jobs if j.status not in ACTIVE_STATUSES]
             drop = {j.id for j in done[:max(0, len(done) - HISTORY_KEPT)]}
             jobs[:] = [j for j in jobs if j.id not in drop]
-            atomic_write_json(self.path, {"jobs": [j.to_dict() for j in jobs]})
+            after = [j.to_dict() for j in jobs]
+            if after != before or not self.path.exists():
+                atomic_write_json(self.path, {"jobs": after})
             return result
 
     def update(self, job_id: str, **changes: Any) -> Optional[Job]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Tuple
 
+from lib_trainer.common.disk import DiskFull, disk_full
 from lib_trainer.common.i18n import tr
 from lib_trainer.jobs.events import EventTail, log_tail, parse_event_line, read_from
 from lib_trainer.jobs.process import TrainerProcess, create_time, start_trainer, trainer_command, trainer_env
@@ -48,6 +49,7 @@ class TrainerRun:
     tail: Optional[EventTail] = None
     checkpoints: List[Dict[str, Any]] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    step_s: Optional[float] = None  # seconds per step, from the trainer's step events
 
 
 def newest_state(folder: Path) -> Optional[Path]:
@@ -133,17 +135,24 @@ def spawn_trainer(v: Version, job: Job, config: Path, settings: TrainerSettings,
 
 # ---- stopping -------------------------------------------------------------------------------------------------
 
+def stop_grace_s(run: TrainerRun, timeout_s: float) -> float:
+    """How long a stopped trainer may take to exit: ``timeout_s`` for saving, plus two of its steps (it ends the
+    step it is in first; on a CPU or a big model one step can take minutes)."""
+    return timeout_s + 2 * (run.step_s or 0.0)
+
+
 def enforce_stop(run: TrainerRun, timeout_s: float) -> None:
-    """Ask the trainer to save and exit; kill it when it has not ended ``timeout_s`` after the request."""
+    """Ask the trainer to save and exit; kill it when it has not ended in :func:`stop_grace_s` after the request."""
     assert run.trainer is not None
     now = time.monotonic()
+    grace = stop_grace_s(run, timeout_s)
     if run.stop_sent_at is None:
         run.stop_sent_at = now
-        log_line(run.version, "stop requested: asking the trainer to save and exit")
+        log_line(run.version, f"stop requested: asking the trainer to save and exit (within {grace:.0f} s)")
         run.trainer.signal_stop()
-    elif not run.killed and now - run.stop_sent_at > timeout_s:
+    elif not run.killed and now - run.stop_sent_at > grace:
         run.killed = True
-        log_line(run.version, f"the trainer did not exit within {timeout_s:g} s: killing it")
+        log_line(run.version, f"the trainer did not exit within {grace:.0f} s: killing it")
         run.trainer.kill()
 
 
@@ -178,6 +187,8 @@ def apply_event(run: TrainerRun, event: Dict[str, Any], changes: Dict[str, Any])
             for key in ("loss", "lr", "it_per_s", "eta_s"):
                 if isinstance(event.get(key), (int, float)) or event.get(key) is None:
                     changes[key] = event.get(key)
+            if isinstance(event.get("it_per_s"), (int, float)) and event["it_per_s"] > 0:
+                run.step_s = 1.0 / event["it_per_s"]
         elif kind == "checkpoint" and isinstance(event.get("path"), str):
             entry = {k: event.get(k) for k in ("epoch", "step", "path", "eval_loss")}
             run.checkpoints = [c for c in run.checkpoints if c.get("path") != entry["path"]] + [entry]
@@ -202,11 +213,19 @@ def outcome(run: TrainerRun) -> Tuple[str, Optional[str], Dict[str, Any]]:
     terminal = run.terminal or terminal_from_log(run)
     code = run.trainer.exit_code
     if job.stop_requested:
+        if run.killed:
+            state = newest_state(output_dir(run.version))
+            return "cancelled", stopped_by_force(run, state is not None), {}
         return "cancelled", tr("Stopped on request; the checkpoints written so far are kept."), {}
     if terminal and terminal.get("event") == "done":
         if terminal.get("interrupted"):
             return "interrupted", tr("The trainer was stopped from outside Train Tools; it saved its state."), {}
         return "done", None, {}
+    full = disk_full(output_dir(run.version))
+    if full is not None:  # whatever the trainer made of it ("unexpected pos"), or could not even write
+        detail = str(terminal.get("message") or "") if terminal else ""
+        return "failed", disk_full_advice(full, newest_state(output_dir(run.version)) is not None), \
+            {"traceback_tail": "\n".join(p for p in (detail, str((terminal or {}).get("traceback_tail") or "")) if p)}
     if terminal and terminal.get("event") == "error":
         return "failed", str(terminal.get("message") or tr("The trainer reported an error.")), \
             {"traceback_tail": str(terminal.get("traceback_tail") or "")}
@@ -220,6 +239,27 @@ def outcome(run: TrainerRun) -> Tuple[str, Optional[str], Dict[str, Any]]:
         return "failed", tr("The trainer stopped unexpectedly with exit code {code} (killed by {signal}).",
                             code=code, signal=name), {}
     return "failed", tr("The trainer stopped unexpectedly with exit code {code}.", code=code), {}
+
+
+def stopped_by_force(run: TrainerRun, resumable: bool) -> str:
+    """The message of a stop the trainer did not finish in time (it was killed)."""
+    seconds = round(time.monotonic() - run.stop_sent_at) if run.stop_sent_at is not None else 0
+    if resumable:
+        return tr("Stopped on request: the trainer had not ended {seconds} s after the request, so it was ended "
+                  "by force. The checkpoints written so far are kept, and Resume continues from the last saved "
+                  "state.", seconds=seconds)
+    return tr("Stopped on request: the trainer had not ended {seconds} s after the request, so it was ended by "
+              "force before it saved its state, and there is none to resume from. The checkpoints written so far "
+              "are kept; Train starts the run again.", seconds=seconds)
+
+
+def disk_full_advice(full: DiskFull, resumable: bool) -> str:
+    """What to do after the disk filled up during training."""
+    if resumable:
+        return tr("{disk} Free some space, then press Resume: the checkpoints written so far and the last saved "
+                  "state are kept.", disk=str(full))
+    return tr("{disk} Free some space, then press Train again: the checkpoints written so far are kept (no "
+              "training state was saved to resume from).", disk=str(full))
 
 
 def terminal_from_log(run: TrainerRun) -> Optional[Dict[str, Any]]:

@@ -203,7 +203,8 @@ def poll(ctx: UIContext, project: Optional[str], version_name: Optional[str],
         return empty + button_updates({}), seen
     out: List[Any] = [compat.unchanged()] * N_OUTPUTS
 
-    state_stamp = (_stamp(version.state_path), _stamp(ctx.workspace.root / "jobs.json"))
+    state_stamp = (_stamp(version.state_path), _stamp(ctx.workspace.root / "jobs.json"),
+                   getattr(ctx.runner, "unsaved_revision", 0))  # what a full disk kept in the runner's memory
     if seen.get("state") != state_stamp:
         state = _state(ctx, version)
         seen["state"] = state_stamp
