@@ -4,7 +4,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +65,45 @@ def test_the_trainer_command_finds_its_private_dependencies(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert events[-1]["event"] == "done" and events[-1]["steps"] == 1
     assert (tmp_path / "out" / "last.safetensors").is_file()
+
+
+def readme_pictures(home: Path) -> None:
+    """What the README's example expects in ~/pictures: dog.zip and a folder other_dogs (one small picture each, so
+    that training takes seconds)."""
+    import zipfile
+
+    from PIL import Image, ImageDraw
+
+    pictures = home / "pictures"
+    (pictures / "other_dogs").mkdir(parents=True)
+    dog = pictures / "dog.png"
+    image = Image.new("RGB", (96, 96), (40, 70, 200))
+    ImageDraw.Draw(image).ellipse((20, 20, 70, 70), fill=(170, 120, 70))
+    image.save(dog)
+    with zipfile.ZipFile(pictures / "dog.zip", "w") as zf:
+        zf.write(dog, "dog.png")
+        zf.writestr("dog.txt", "dog, brown, blue background")
+    dog.unlink()
+    Image.new("RGB", (96, 96), (120, 120, 120)).save(pictures / "other_dogs" / "other.png")
+
+
+def test_the_command_line_examples_run_as_written(tmp_path):
+    """Each line of README's "The command line" block, in a fresh shell from the repository root; the workspace
+    is chosen by $TRAIN_TOOLS_WORKSPACE so that the repository stays clean."""
+    lines = bash_lines(section("The command line"))
+    assert len(lines) == 7 and all(line.startswith(".venv/bin/python -m lib_trainer.cli ") for line in lines)
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("no .venv here (made by bash .ci/setup)")
+    home = tmp_path / "home"
+    readme_pictures(home)
+    env = fresh_env(home, TRAIN_TOOLS_WORKSPACE=str(tmp_path / "ws"))
+    outputs = []
+    for line in lines:
+        proc = run_line(line, env)
+        outputs.append(proc.stdout)
+        assert proc.returncode == 0, f"{line}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    status = json.loads(outputs[-1].splitlines()[-1])
+    assert status["status"] == "finished" and [c["epoch"] for c in status["checkpoints_on_disk"]] == [1, 2]
+    picked = list((home / "webui" / "models" / "Lora" / "cute dog").glob("*.safetensors"))
+    assert len(picked) == 1
+    assert "Grid of prompt 1:" in outputs[4]  # --preview drew the grid after training
