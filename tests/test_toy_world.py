@@ -71,6 +71,7 @@ def test_the_concept_pictures_are_stars_in_their_own_colours_only():
     assert {(s.things[0].colour, s.background) for s in data} == {
         (c, b) for c in world.CONCEPT_COLOURS for b in world.CONCEPT_BACKGROUNDS}
     assert all(s.caption().startswith(world.TRIGGER + ", ") for s in data)
+    assert all(world.CONCEPT_SIZES[0] <= s.things[0].size <= world.CONCEPT_SIZES[1] for s in data)
     assert data == world.concept_dataset()
 
 
