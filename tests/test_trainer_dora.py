@@ -7,10 +7,11 @@ The hosts' formulas, re-implemented here from their code:
   lines 196-216 and ``apply_weight_decompose`` lines 175-194): ΔW = up·down · alpha/dim, then
   W'·dora_scale/‖W'‖ with the norm taken per *input column* (transpose(0, 1), norm over the rest), whatever the
   shape of dora_scale; the weight becomes W + (that − W)·multiplier.
-- Forge (lllyasviel/stable-diffusion-webui-forge, backend/patcher/lora.py, ``weight_decompose`` lines 51-81 and its
-  "lora" branch in ``merge_lora_to_weight`` lines 145-178): ΔW = alpha/rank · up·down; a dora_scale whose first
-  dimension is the output count is read per output row *but divided by the norm of W, not of W'*; any other per
-  input column of W'; the weight becomes W + strength·(that − W).
+- Forge (lllyasviel/stable-diffusion-webui-forge at dfdcbab6, backend/patcher/lora.py, ``weight_decompose`` lines
+  52-81 and the "lora" branch of ``merge_lora_to_weight`` lines 145-181): ΔW = alpha/rank · up·down; a dora_scale
+  whose first dimension is the output count is read per output row *but divided by the norm of W, not of W'*; any
+  other per input column of W'; the weight becomes W + strength·(that − W). Before commit 0ced1d0c ("Support
+  wd_on_output for DoRA", #2856) it read every dora_scale per input column of W'.
 
 So only the input-axis layout, dora_scale of shape (1, in, 1, …), is applied as trained by both: Train Tools
 trains DoRA with lycoris' wd_on_output=False (lycoris' own default, True, gives (out, 1, …), which A1111 applies

@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional
 import psutil
 
 from lib_trainer import deps
+from lib_trainer.common.i18n import current_language
 
 if TYPE_CHECKING:
     from lib_trainer.jobs.store import Job
@@ -29,8 +30,10 @@ def trainer_command(python: Optional[str], config: Path) -> List[str]:
 
 
 def trainer_env(python: str, deps_dir: Optional[Path], gpu: Optional[str]) -> Dict[str, str]:
-    """The trainer's environment: its private dependencies on the path, and the GPU it may use."""
+    """The trainer's environment: its private dependencies on the path, the language of its messages, and the
+    GPU it may use."""
     env = deps.trainer_env(python, deps_dir)
+    env["TRAIN_TOOLS_LANG"] = current_language() or ""  # the trainer's messages in the tab's language
     if gpu not in (None, ""):
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     return env

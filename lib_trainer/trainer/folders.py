@@ -39,6 +39,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image, UnidentifiedImageError
 
+from lib_trainer.common.i18n import tr
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ORIENTATION_TAG",
@@ -231,27 +233,27 @@ def check_image(
         kind = "JPEG"
     try:
         if path.stat().st_size == 0:
-            return None, "empty file"
+            return None, tr("empty file")
     except OSError as exc:
-        return None, f"cannot be read ({exc.strerror or exc})"
+        return None, tr("cannot be read ({error})", error=exc.strerror or exc)
     try:
         im = Image.open(path)
     except Image.DecompressionBombError as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         return None, _too_large(_header_size(path), int(found.group(1)) if found else None, max_pixels)
     except UnidentifiedImageError:
-        return None, "not an image"
+        return None, tr("not an image")
     except OSError as exc:
         if isinstance(exc, (PermissionError, FileNotFoundError, IsADirectoryError)):
-            return None, f"cannot be read ({exc.strerror or exc})"
-        return None, f"corrupt {kind} file"
+            return None, tr("cannot be read ({error})", error=exc.strerror or exc)
+        return None, tr("corrupt {kind} file", kind=kind)
     except Exception:
-        return None, f"corrupt {kind} file"
+        return None, tr("corrupt {kind} file", kind=kind)
     with im:
         kind = im.format or kind
         w, h = im.size
         if w < 1 or h < 1:
-            return None, f"{kind} file without pixels ({w}×{h})"
+            return None, tr("{kind} file without pixels ({w}×{h})", kind=kind, w=w, h=h)
         if w * h > max_pixels:
             return None, _too_large((w, h), None, max_pixels)
         if decode:
@@ -262,7 +264,7 @@ def check_image(
                     im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
                 im.load()
             except Exception:
-                return None, f"truncated or corrupt {kind}"
+                return None, tr("truncated or corrupt {kind}", kind=kind)
         if _orientation(im) in (5, 6, 7, 8):
             w, h = h, w
     return (w, h), None
@@ -306,10 +308,11 @@ def _read_caption(path: Path) -> Tuple[str, List[str]]:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError:
             text = data.decode("utf-8", errors="replace")
-            notes.append(f"caption file {path} is not UTF-8; unreadable characters were replaced (save it as UTF-8)")
+            notes.append(tr("caption file {file} is not UTF-8; unreadable characters were replaced (save it as UTF-8)",
+                            file=path))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) > 1:
-        notes.append(f"caption file {path} has {len(lines)} lines; only the first is used")
+        notes.append(tr("caption file {file} has {count} lines; only the first is used", file=path, count=len(lines)))
     return (lines[0] if lines else ""), notes
 
 
@@ -341,7 +344,7 @@ def _collect(root: Path, is_reg: bool, scan: DatasetScan) -> List[_PendingFolder
     try:
         children = _sorted_children(root)
     except OSError as exc:
-        scan.warnings.append(f"cannot list {root}: {exc.strerror or exc}")
+        scan.warnings.append(tr("cannot list {folder}: {error}", folder=root, error=exc.strerror or exc))
         return pending
     for child in children:
         if _hidden(child):
@@ -418,17 +421,21 @@ def scan_dataset(
         except OSError:
             same = False
         if same:
-            scan.warnings.append(
-                f"the regularization folder is the training folder ({train_root}); its pictures are used as both"
-            )
+            scan.warnings.append(tr(
+                "the regularization folder is the training folder ({folder}); its pictures are used as both",
+                folder=train_root))
 
     pending: List[_PendingFolder] = []
     for root, is_reg in ((train_root, False), (reg_root, True)):
         if root is None:
             continue
         if not root.is_dir():
-            what = "regularization folder" if is_reg else "training folder"
-            scan.warnings.append(f"the {what} {root} does not exist" if not root.exists() else f"{root} is not a folder")
+            if root.exists():
+                scan.warnings.append(tr("{folder} is not a folder", folder=root))
+            elif is_reg:
+                scan.warnings.append(tr("the regularization folder {folder} does not exist", folder=root))
+            else:
+                scan.warnings.append(tr("the training folder {folder} does not exist", folder=root))
             continue
         pending.extend(_collect(root, is_reg, scan))
 
@@ -466,10 +473,12 @@ def scan_dataset(
                     caption, notes = _read_caption(caption_file)
                     scan.warnings.extend(notes)
                 except OSError as exc:
-                    scan.warnings.append(f"cannot read caption file {caption_file}: {exc.strerror or exc}")
+                    scan.warnings.append(tr("cannot read caption file {file}: {error}", file=caption_file,
+                                            error=exc.strerror or exc))
                     caption_file = None
                 if caption_file is not None and not caption:
-                    scan.warnings.append(f"caption file {caption_file} is empty; the folder's concept is used")
+                    scan.warnings.append(tr("caption file {file} is empty; the folder's concept is used",
+                                            file=caption_file))
                     caption_file = None
                 elif caption_file is not None and used_ext.lower() != extension.lower():
                     fallback_used[used_ext] = fallback_used.get(used_ext, 0) + 1
@@ -495,26 +504,26 @@ def scan_dataset(
         )
         name = folder.path.name
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            shown = ", ".join(missing[:5]) + (tr(" and {count} more", count=len(missing) - 5) if len(missing) > 5 else "")
             if folder.concept:
-                scan.warnings.append(
-                    f"{len(missing)} picture(s) in {name} have no {extension} caption; they are captioned "
-                    f"'{folder.concept}' (the folder's concept): {shown}"
-                )
+                scan.warnings.append(tr(
+                    "{count} picture(s) in {folder} have no {extension} caption; they are captioned '{concept}' (the "
+                    "folder's concept): {names}", count=len(missing), folder=name, extension=extension,
+                    concept=folder.concept, names=shown))
             else:
-                scan.warnings.append(
-                    f"{len(missing)} picture(s) in {name} have no {extension} caption and the folder names no "
-                    f"concept, so they train with an empty caption: {shown}"
-                )
+                scan.warnings.append(tr(
+                    "{count} picture(s) in {folder} have no {extension} caption and the folder names no concept, so "
+                    "they train with an empty caption: {names}", count=len(missing), folder=name, extension=extension,
+                    names=shown))
         for used_ext, count in sorted(fallback_used.items()):
-            scan.warnings.append(
-                f"{count} caption(s) in {name} were read from {used_ext} files (the config says {extension})"
-            )
+            scan.warnings.append(tr("{count} caption(s) in {folder} were read from {used} files (the config says "
+                                    "{extension})", count=count, folder=name, used=used_ext, extension=extension))
         for stem, names in sorted(stems.items()):
             if len(names) > 1:
-                scan.warnings.append(f"{', '.join(names)} in {name} share the caption file of '{stem}'")
+                scan.warnings.append(tr("{names} in {folder} share the caption file of '{stem}'",
+                                        names=", ".join(names), folder=name, stem=stem))
         if not folder.pictures:
-            scan.warnings.append(f"folder {name} holds no pictures")
+            scan.warnings.append(tr("folder {folder} holds no pictures", folder=name))
 
     scan.entries.sort(key=lambda e: (e.is_reg, e.folder, e.path.name))
     scan.folders.sort(key=lambda f: (f.is_reg, f.name))
@@ -566,34 +575,33 @@ def describe_empty(scan: DatasetScan) -> str:
         return ""
     lines: List[str] = []
     if not root.exists():
-        return f"The training folder {root} does not exist."
+        return tr("The training folder {folder} does not exist.", folder=root)
     if not root.is_dir():
-        return f"The training folder {root} is not a folder."
+        return tr("The training folder {folder} is not a folder.", folder=root)
     train_folders = [f for f in scan.folders if not f.is_reg]
     loose = [p for p, _ in scan.ignored if p.parent == root and p.is_file()]
     odd = [p for p, _ in scan.ignored if p.parent == root and p.is_dir()]
     exts = ", ".join(IMAGE_EXTENSIONS)
     if not train_folders:
-        lines.append(
-            f"No folder named like 10_concept (a repeat count, an underscore, the concept) in {root}."
-        )
+        lines.append(tr("No folder named like 10_concept (a repeat count, an underscore, the concept) in {folder}.",
+                        folder=root))
         if odd:
             names = ", ".join(p.name for p in odd[:5]) + (" …" if len(odd) > 5 else "")
-            lines.append(f"These folders were not read because their names do not start with a repeat count: {names}.")
+            lines.append(tr("These folders were not read because their names do not start with a repeat count: "
+                            "{names}.", names=names))
         if loose:
-            lines.append(
-                f"{len(loose)} picture(s) lie directly in {root}; move them into a folder such as {root / '10_concept'}."
-            )
+            lines.append(tr("{count} picture(s) lie directly in {folder}; move them into a folder such as {example}.",
+                            count=len(loose), folder=root, example=root / "10_concept"))
     else:
         for folder in train_folders:
             if folder.skipped_count:
                 reasons = [f"{p.name}: {r}" for p, r in scan.skipped if p.parent == folder.path]
                 shown = "; ".join(reasons[:3]) + (" …" if len(reasons) > 3 else "")
-                lines.append(
-                    f"Folder {folder.name} has no readable pictures ({folder.skipped_count} skipped: {shown})."
-                )
+                lines.append(tr("Folder {folder} has no readable pictures ({count} skipped: {reasons}).",
+                                folder=folder.name, count=folder.skipped_count, reasons=shown))
             else:
-                lines.append(f"Folder {folder.name} has no pictures (looked for {exts}).")
+                lines.append(tr("Folder {folder} has no pictures (looked for {extensions}).", folder=folder.name,
+                                extensions=exts))
     if scan.reg_entries:
-        lines.append("Regularization pictures alone cannot train a LoRA; add training pictures.")
+        lines.append(tr("Regularization pictures alone cannot train a LoRA; add training pictures."))
     return "\n".join(lines)

@@ -183,7 +183,7 @@ def create_network(cfg: TrainConfig, text_encoders: list, unet, train_unet: bool
     network = lycoris_kohya.create_network(1.0, cfg.network_dim, cfg.network_alpha, None, te_arg, unet, **kwargs)
     network.apply_to(te_arg, unet, apply_text_encoder=train_text_encoder, apply_unet=train_unet)
     if not network.loras:
-        raise NetworkError("the network found no layer to train; check network_module and network_args")
+        raise NetworkError(tr("the network found no layer to train; check network_module and network_args"))
     return network
 
 
@@ -250,10 +250,9 @@ def load_network_weights(network, state: dict[str, torch.Tensor], name_map: dict
         renamed[f"{inverse.get(module, module)}.{param}"] = value
     unknown = [k for k in renamed if k not in own]
     if len(unknown) == len(renamed):
-        raise NetworkError(
-            "the network_weights file does not fit this model and network (no key matches); "
-            "was it trained on another architecture or with another network type?"
-        )
+        raise NetworkError(tr(
+            "the network_weights file does not fit this model and network (no key matches); was it trained on another "
+            "architecture or with another network type?"))
     for key, value in renamed.items():
         if key in own and own[key].shape != value.shape and key.endswith(".dora_scale"):
             raise NetworkError(tr(
@@ -263,25 +262,24 @@ def load_network_weights(network, state: dict[str, torch.Tensor], name_map: dict
                 "column, shape (1, in), without it",
                 file_shape=tuple(value.shape), key=key, own_shape=tuple(own[key].shape)))
         if key in own and own[key].shape != value.shape:
-            raise NetworkError(
-                f"the network_weights file has {tuple(value.shape)} for {key} but this config makes "
-                f"{tuple(own[key].shape)}: set network_dim / conv_dim to the file's values"
-            )
+            raise NetworkError(tr(
+                "the network_weights file has {file_shape} for {key} but this config makes {own_shape}: set "
+                "network_dim / conv_dim to the file's values", file_shape=tuple(value.shape), key=key,
+                own_shape=tuple(own[key].shape)))
     absent = [k for k in own if k not in renamed]
     if (unknown or absent) and not partial:
         problems = []
         if unknown:
-            problems.append(f"{len(unknown)} of its {len(renamed)} keys are not in this network "
-                            f"({_by_part(unknown)}: {_names(unknown)})")
+            problems.append(tr("{count} of its {total} keys are not in this network ({parts}: {names})",
+                               count=len(unknown), total=len(renamed), parts=_by_part(unknown), names=_names(unknown)))
         if absent:
-            problems.append(f"it has no weights for {len(absent)} of the network's {len(own)} keys "
-                            f"({_by_part(absent)}: {_names(absent)})")
-        raise NetworkError(
-            "the network_weights file fits this network only partly: " + "; ".join(problems) + ". Make the config "
-            "match the file (network_module, network_args, conv_dim, network_train_unet_only / "
-            "network_train_text_encoder_only), or set network_weights_partial = true to load the keys that match "
-            "and train the rest from the start"
-        )
+            problems.append(tr("it has no weights for {count} of the network's {total} keys ({parts}: {names})",
+                               count=len(absent), total=len(own), parts=_by_part(absent), names=_names(absent)))
+        raise NetworkError(tr(
+            "the network_weights file fits this network only partly: {problems}. Make the config match the file "
+            "(network_module, network_args, conv_dim, network_train_unet_only / network_train_text_encoder_only), or "
+            "set network_weights_partial = true to load the keys that match and train the rest from the start",
+            problems="; ".join(problems)))
     network.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=False)
     return {"file_keys": len(renamed), "matched": len(renamed) - len(unknown), "file_keys_unused": len(unknown),
             "network_keys_not_in_file": len(absent), "partial": bool(unknown or absent)}

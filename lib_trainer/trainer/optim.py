@@ -44,7 +44,7 @@ def create_optimizer(cfg: TrainConfig, param_groups: list[dict], device: torch.d
         return adafactor(cfg, param_groups, kwargs, warn or (lambda message: None))
     if name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, **multi_tensor(kwargs, device, fused_on_cuda=False))
-    raise ConfigError(f"unknown optimizer_type {cfg.optimizer_type!r}")
+    raise ConfigError(tr("unknown optimizer_type {name}", name=repr(cfg.optimizer_type)))
 
 
 def adafactor(cfg: TrainConfig, param_groups: list[dict], kwargs: dict[str, Any], warn: Warn):
@@ -91,26 +91,25 @@ def multi_tensor(kwargs: dict[str, Any], device: torch.device, fused_on_cuda: bo
 def adamw8bit(param_groups: list[dict], lr: float, kwargs: dict[str, Any], device: torch.device):
     """bitsandbytes' AdamW8bit. install.py installs bitsandbytes only next to a CUDA torch; recent versions also
     run on the CPU, older ones fail there at the first step, so off CUDA one tiny step is tried first."""
-    use_adamw = 'use optimizer_type = "AdamW"'
+    use_adamw = tr('use optimizer_type = "AdamW"')
     try:
         import bitsandbytes as bnb
     except Exception as exc:
         if device.type != "cuda":
-            raise ConfigError(f"AdamW8bit needs an NVIDIA GPU (bitsandbytes); on this machine {use_adamw}") from None
-        raise ConfigError(
-            f"AdamW8bit needs bitsandbytes, which could not be loaded ({exc}); "
-            f"reinstall the trainer dependencies or {use_adamw}"
-        ) from None
+            raise ConfigError(tr("AdamW8bit needs an NVIDIA GPU (bitsandbytes); on this machine {use_adamw}",
+                                 use_adamw=use_adamw)) from None
+        raise ConfigError(tr("AdamW8bit needs bitsandbytes, which could not be loaded ({error}); reinstall the trainer "
+                             "dependencies or {use_adamw}", error=exc, use_adamw=use_adamw)) from None
     if device.type != "cuda":
         try:
             probe = torch.nn.Parameter(torch.zeros(4096, device=device))
             probe.grad = torch.ones_like(probe)
             bnb.optim.AdamW8bit([probe], lr=1e-3).step()
         except Exception as exc:
-            raise ConfigError(
-                f"AdamW8bit needs an NVIDIA GPU: bitsandbytes {getattr(bnb, '__version__', '')} does not run on "
-                f"{device.type} ({type(exc).__name__}); {use_adamw}"
-            ) from None
+            raise ConfigError(tr(
+                "AdamW8bit needs an NVIDIA GPU: bitsandbytes {version} does not run on {device} ({error}); {use_adamw}",
+                version=getattr(bnb, "__version__", ""), device=device.type, error=type(exc).__name__,
+                use_adamw=use_adamw)) from None
     return bnb.optim.AdamW8bit(param_groups, lr=lr, **kwargs)
 
 

@@ -44,7 +44,7 @@ SAMPLERS = (
 
 # sd-scripts options that a config exported from another tool often carries and that change nothing here:
 # they are accepted with a warning instead of failing the run.
-IGNORED_SD_SCRIPTS_KEYS = {
+IGNORED_SD_SCRIPTS_KEYS = {  # why, translated where it is said
     "xformers": "attention always uses PyTorch SDPA",
     "sdpa": "attention always uses PyTorch SDPA",
     "mem_eff_attn": "attention always uses PyTorch SDPA",
@@ -251,11 +251,13 @@ def parse_resolution(value: Any) -> tuple[int, int]:
         try:
             parts = [int(p) for p in text.split(",") if p.strip()]
         except ValueError:
-            raise ConfigError(f"resolution {value!r} is not 'W,H' or a number, e.g. resolution = \"512,512\"") from None
+            raise ConfigError(tr("resolution {value} is not 'W,H' or a number, e.g. resolution = \"512,512\"",
+                                 value=repr(value))) from None
     if len(parts) == 1:
         parts = parts * 2
     if len(parts) != 2:
-        raise ConfigError(f"resolution {value!r} is not 'W,H' or a number, e.g. resolution = \"512,512\"")
+        raise ConfigError(tr("resolution {value} is not 'W,H' or a number, e.g. resolution = \"512,512\"",
+                             value=repr(value)))
     return parts[0], parts[1]
 
 
@@ -265,7 +267,7 @@ def parse_kv_list(items: Any, what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items or []:
         if "=" not in str(item):
-            raise ConfigError(f"{what}: {item!r} is not 'key=value'")
+            raise ConfigError(tr("{what}: {item} is not 'key=value'", what=what, item=repr(item)))
         key, value = str(item).split("=", 1)
         out[key.strip()] = value.strip()
     return out
@@ -277,7 +279,7 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None:
         if optional or hint is Any:
             return None
-        raise ConfigError(f"{name} must not be empty")
+        raise ConfigError(tr("{name} must not be empty", name=name))
     base = hint
     if optional:
         base = next(a for a in get_args(hint) if a is not type(None))
@@ -285,31 +287,31 @@ def _coerce(name: str, value: Any) -> Any:
         return value
     if get_origin(base) is Union:  # int | float
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
+            raise ConfigError(tr("{name} must be a number, got {value}", name=name, value=repr(value)))
         return value
     if base is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
+        raise ConfigError(tr("{name} must be true or false, got {value}", name=name, value=repr(value)))
     if base is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+            raise ConfigError(tr("{name} must be a whole number, got {value}", name=name, value=repr(value)))
         return int(value)
     if base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
+            raise ConfigError(tr("{name} must be a number, got {value}", name=name, value=repr(value)))
         return float(value)
     if base is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{name} must be text, got {value!r}")
+            raise ConfigError(tr("{name} must be text, got {value}", name=name, value=repr(value)))
         return value
     if base is list:
         if isinstance(value, str):
             return value.split()
         if not isinstance(value, list):
-            raise ConfigError(f"{name} must be a list of 'key=value' strings, got {value!r}")
+            raise ConfigError(tr("{name} must be a list of 'key=value' strings, got {value}", name=name, value=repr(value)))
         return [str(v) for v in value]
     raise AssertionError(f"unhandled type for {name}: {hint}")
 
@@ -330,11 +332,11 @@ def config_from_dict(data: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
     data = flatten_sections(data)
     unknown = sorted(k for k in data if k not in FIELDS and k not in IGNORED_SD_SCRIPTS_KEYS)
     if unknown:
-        raise ConfigError(
-            "unknown config key(s): " + ", ".join(unknown)
-            + ". Check the spelling; keys follow sd-scripts' names (e.g. max_train_epochs, network_dim)."
-        )
-    warnings = [f"config key {k!r} is ignored: {IGNORED_SD_SCRIPTS_KEYS[k]}" for k in sorted(data) if k in IGNORED_SD_SCRIPTS_KEYS]
+        raise ConfigError(tr(
+            "unknown config key(s): {keys}. Check the spelling; keys follow sd-scripts' names (e.g. max_train_epochs, "
+            "network_dim).", keys=", ".join(unknown)))
+    warnings = [tr("config key {key} is ignored: {why}", key=repr(k), why=tr(IGNORED_SD_SCRIPTS_KEYS[k]))
+                for k in sorted(data) if k in IGNORED_SD_SCRIPTS_KEYS]
     values = {k: _coerce(k, v) for k, v in data.items() if k in FIELDS}
     return TrainConfig(**values), warnings
 
@@ -366,81 +368,86 @@ def validate(cfg: TrainConfig) -> None:
     """Checks that need no files. Raises ConfigError with every problem found."""
     problems: list[str] = []
     if not cfg.pretrained_model_name_or_path:
-        problems.append("pretrained_model_name_or_path is required (the base checkpoint)")
+        problems.append(tr("pretrained_model_name_or_path is required (the base checkpoint)"))
     if not cfg.train_data_dir:
-        problems.append("train_data_dir is required")
+        problems.append(tr("train_data_dir is required"))
     if not cfg.output_dir:
-        problems.append("output_dir is required")
+        problems.append(tr("output_dir is required"))
     try:
         w, h = cfg.resolution_wh
         step = cfg.bucket_reso_steps
         if w <= 0 or h <= 0 or w % step or h % step:
-            problems.append(f"resolution {w}x{h} must be positive multiples of {step}")
+            problems.append(tr("resolution {w}x{h} must be positive multiples of {step}", w=w, h=h, step=step))
     except ConfigError as exc:
         problems.append(str(exc))
     if cfg.min_bucket_reso > cfg.max_bucket_reso:
-        problems.append("min_bucket_reso must not exceed max_bucket_reso")
+        problems.append(tr("min_bucket_reso must not exceed max_bucket_reso"))
     elif cfg.enable_bucket and not problems:
         w, h = cfg.resolution_wh
         if cfg.min_bucket_reso > min(w, h):
-            problems.append(f"min_bucket_reso ({cfg.min_bucket_reso}) must not exceed the resolution's shorter side "
-                            f"({min(w, h)}): lower min_bucket_reso")
+            problems.append(tr("min_bucket_reso ({value}) must not exceed the resolution's shorter side ({side}): "
+                               "lower min_bucket_reso", value=cfg.min_bucket_reso, side=min(w, h)))
         if cfg.max_bucket_reso < max(w, h):
-            problems.append(f"max_bucket_reso ({cfg.max_bucket_reso}) must not be below the resolution's longer side "
-                            f"({max(w, h)}): raise max_bucket_reso")
+            problems.append(tr("max_bucket_reso ({value}) must not be below the resolution's longer side ({side}): "
+                               "raise max_bucket_reso", value=cfg.max_bucket_reso, side=max(w, h)))
     if cfg.network_module not in NETWORK_MODULES:
-        problems.append(f"network_module {cfg.network_module!r} is not supported; use one of {', '.join(NETWORK_MODULES)}")
+        problems.append(tr("network_module {value} is not supported; use one of {choices}", value=repr(cfg.network_module),
+                               choices=", ".join(NETWORK_MODULES)))
     try:
         if cfg.attention not in ATTENTIONS:
             problems.append(tr("attention={attention} is not supported; use one of {choices}",
                                attention=cfg.attention, choices=", ".join(ATTENTIONS)))
         if cfg.algo not in ALGOS:
-            problems.append(f"algo={cfg.algo} is not supported; use one of {', '.join(ALGOS)}")
+            problems.append(tr("algo={algo} is not supported; use one of {choices}", algo=cfg.algo,
+                               choices=", ".join(ALGOS)))
         problems.extend(network_args_problems(cfg))
         cfg.optimizer_kwargs
     except ConfigError as exc:
         problems.append(str(exc))
     if cfg.network_dim < 1:
-        problems.append("network_dim must be at least 1")
+        problems.append(tr("network_dim must be at least 1"))
     if cfg.network_alpha <= 0:
-        problems.append("network_alpha must be above 0")
+        problems.append(tr("network_alpha must be above 0"))
     if cfg.optimizer_type.lower() not in [o.lower() for o in OPTIMIZERS]:
-        problems.append(f"optimizer_type {cfg.optimizer_type!r} is not supported; use one of {', '.join(OPTIMIZERS)}")
+        problems.append(tr("optimizer_type {value} is not supported; use one of {choices}", value=repr(cfg.optimizer_type),
+                               choices=", ".join(OPTIMIZERS)))
     if cfg.lr_scheduler not in SCHEDULERS:
-        problems.append(f"lr_scheduler {cfg.lr_scheduler!r} is not supported; use one of {', '.join(SCHEDULERS)}")
+        problems.append(tr("lr_scheduler {value} is not supported; use one of {choices}", value=repr(cfg.lr_scheduler),
+                               choices=", ".join(SCHEDULERS)))
     if cfg.mixed_precision not in MIXED_PRECISION:
-        problems.append(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}")
+        problems.append(tr("mixed_precision must be one of {choices}", choices=", ".join(MIXED_PRECISION)))
     if cfg.effective_save_precision not in SAVE_PRECISION:
-        problems.append(f"save_precision must be one of {', '.join(SAVE_PRECISION)}")
+        problems.append(tr("save_precision must be one of {choices}", choices=", ".join(SAVE_PRECISION)))
     if cfg.save_model_as != "safetensors":
-        problems.append("save_model_as must be safetensors (the WebUI refuses pickled LoRA files from modern torch)")
+        problems.append(tr("save_model_as must be safetensors (the WebUI refuses pickled LoRA files from modern torch)"))
     if cfg.sample_sampler not in SAMPLERS:
-        problems.append(f"sample_sampler {cfg.sample_sampler!r} is not supported; use one of {', '.join(SAMPLERS)}")
+        problems.append(tr("sample_sampler {value} is not supported; use one of {choices}", value=repr(cfg.sample_sampler),
+                               choices=", ".join(SAMPLERS)))
     if cfg.max_token_length not in (None, 75, 150, 225):
-        problems.append("max_token_length must be 75, 150 or 225")
+        problems.append(tr("max_token_length must be 75, 150 or 225"))
     if cfg.clip_skip is not None and cfg.clip_skip < 1:
-        problems.append("clip_skip must be 1 or more")
+        problems.append(tr("clip_skip must be 1 or more"))
     if cfg.train_batch_size < 1 or cfg.gradient_accumulation_steps < 1:
-        problems.append("train_batch_size and gradient_accumulation_steps must be at least 1")
+        problems.append(tr("train_batch_size and gradient_accumulation_steps must be at least 1"))
     if cfg.max_train_epochs is not None and cfg.max_train_epochs < 1:
-        problems.append("max_train_epochs must be at least 1")
+        problems.append(tr("max_train_epochs must be at least 1"))
     if cfg.max_train_epochs is None and cfg.max_train_steps < 1:
-        problems.append("max_train_steps must be at least 1")
+        problems.append(tr("max_train_steps must be at least 1"))
     for name in ("caption_dropout_rate", "caption_tag_dropout_rate"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
-            problems.append(f"{name} must be between 0 and 1")
+            problems.append(tr("{name} must be between 0 and 1", name=name))
     if cfg.keep_tokens < 0:
-        problems.append("keep_tokens must not be negative")
+        problems.append(tr("keep_tokens must not be negative"))
     if not 0 <= cfg.min_timestep < cfg.max_timestep <= 1000:
-        problems.append("timesteps must satisfy 0 <= min_timestep < max_timestep <= 1000")
+        problems.append(tr("timesteps must satisfy 0 <= min_timestep < max_timestep <= 1000"))
     if cfg.network_train_unet_only and cfg.network_train_text_encoder_only:
-        problems.append("network_train_unet_only and network_train_text_encoder_only exclude each other")
+        problems.append(tr("network_train_unet_only and network_train_text_encoder_only exclude each other"))
     for name in ("learning_rate", "unet_lr", "text_encoder_lr"):
         value = getattr(cfg, name)
         if value is not None and (value < 0 or math.isnan(value)):
-            problems.append(f"{name} must not be negative")
+            problems.append(tr("{name} must not be negative", name=name))
     if "/" in cfg.output_name or "\\" in cfg.output_name or cfg.output_name in ("", ".", ".."):
-        problems.append("output_name must be a plain file name without folders")
+        problems.append(tr("output_name must be a plain file name without folders"))
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -471,11 +478,11 @@ def load_config(path: Union[str, os.PathLike]) -> tuple[TrainConfig, list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        raise ConfigError(tr("cannot read config {path}: {error}", path=path, error=exc.strerror or exc)) from None
     try:
         data = _toml_loads(text)
     except Exception as exc:  # every TOML library has its own error class
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError(tr("{path} is not valid TOML: {error}", path=path, error=exc)) from None
     return config_from_dict(data)
 
 

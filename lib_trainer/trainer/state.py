@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import torch
 
+from lib_trainer.common.i18n import tr
+
 from .errors import TrainingError
 
 STATE_FILE = "train_state.json"
@@ -48,13 +50,13 @@ def load_training_state(folder: Path, network: torch.nn.Module, optimizer: Any, 
 
     state_file = folder / STATE_FILE
     if not state_file.is_file():
-        raise TrainingError(f"resume: {folder} is not a state folder written with save_state (no {STATE_FILE})")
+        raise TrainingError(tr("resume: {folder} is not a state folder written with save_state (no {file})",
+                               folder=folder, file=STATE_FILE))
     state = json.loads(state_file.read_text(encoding="utf-8"))
     if state["steps_per_epoch"] != steps_per_epoch:
-        raise TrainingError(
-            "resume: the dataset or batch size changed since the state was saved "
-            f"({state['steps_per_epoch']} steps per epoch then, {steps_per_epoch} now)"
-        )
+        raise TrainingError(tr(
+            "resume: the dataset or batch size changed since the state was saved ({then} steps per epoch then, {now} "
+            "now)", then=state["steps_per_epoch"], now=steps_per_epoch))
     network.load_state_dict(load_file(str(folder / "network.safetensors")))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
     lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))

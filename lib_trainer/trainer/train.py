@@ -69,7 +69,8 @@ class Trainer:
         cuda = torch.cuda.is_available()
         mixed = training_precision(cfg.mixed_precision, cuda)
         if cfg.mixed_precision != mixed:
-            self.warn(f"mixed_precision={cfg.mixed_precision} needs a CUDA GPU; training in fp32 on the CPU")
+            self.warn(tr("mixed_precision={precision} needs a CUDA GPU; training in fp32 on the CPU",
+                         precision=cfg.mixed_precision))
         for key in ("full_fp16", "full_bf16"):
             if getattr(cfg, key):
                 self.warn(tr("{key} is not done here: the network trains in fp32 (mixed precision applies to the "
@@ -92,18 +93,18 @@ class Trainer:
         # data
         self.scan = scan_dataset(cfg.train_data_dir, cfg.reg_data_dir, caption_extension=cfg.caption_extension)
         for path, reason in self.scan.skipped:
-            self.warn(f"skipped {path}: {reason}", path=str(path))
+            self.warn(tr("skipped {path}: {reason}", path=path, reason=reason), path=str(path))
         for message in self.scan.warnings:
             self.warn(message)
         if not self.scan.train_entries:
-            raise TrainingError("the dataset is empty: " + describe_empty(self.scan))
+            raise TrainingError(tr("the dataset is empty: {why}", why=describe_empty(self.scan)))
         self.eval_entries, self.eval_set = choose_holdout(self.scan.train_entries, cfg.eval_holdout_images, self.seed)
         if self.eval_set == "held_out":
             held = {e.path for e in self.eval_entries}
             self.scan.entries = [e for e in self.scan.entries if e.path not in held]
             for entry in self.eval_entries:
-                self.warn(f"{entry.path.name} is held out of training to score the checkpoints "
-                          "(eval_holdout_images = 0 trains on every picture)", path=str(entry.path))
+                self.warn(tr("{name} is held out of training to score the checkpoints (eval_holdout_images = 0 "
+                             "trains on every picture)", name=entry.path.name), path=str(entry.path))
         self.plan = data_mod.BatchPlan(cfg, self.scan, self.seed)
 
         # model
@@ -111,7 +112,7 @@ class Trainer:
         set_attention(self.model, cfg.attention)
         self.v_prediction = cfg.v_parameterization or self.model.v_prediction
         if self.model.arch == "sdxl" and cfg.clip_skip not in (None, 1, 2):
-            self.warn("clip_skip is ignored for SDXL (it always uses the penultimate layers)")
+            self.warn(tr("clip_skip is ignored for SDXL (it always uses the penultimate layers)"))
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(
@@ -158,9 +159,10 @@ class Trainer:
                                        partial=cfg.network_weights_partial)
             self.network_info["network_weights"] = {"path": cfg.network_weights, **fit}
             if fit["partial"]:
-                self.warn(f"network_weights: {fit['matched']} of the file's {fit['file_keys']} keys loaded; "
-                          f"{fit['file_keys_unused']} of them are not in this network and "
-                          f"{fit['network_keys_not_in_file']} of the network's keys start afresh")
+                self.warn(tr("network_weights: {matched} of the file's {file_keys} keys loaded; {unused} of them are "
+                             "not in this network and {fresh} of the network's keys start afresh",
+                             matched=fit["matched"], file_keys=fit["file_keys"], unused=fit["file_keys_unused"],
+                             fresh=fit["network_keys_not_in_file"]))
         self.network.to(self.device)
         m.unet.train(cfg.gradient_checkpointing)  # diffusers only checkpoints in train mode
         for te in m.text_encoders:
@@ -168,13 +170,13 @@ class Trainer:
 
         params, _ = self.network.prepare_optimizer_params(cfg.text_encoder_lr, cfg.unet_lr, cfg.learning_rate)
         if not params:
-            raise ConfigError("no learning rate is above 0: set learning_rate, unet_lr or text_encoder_lr")
+            raise ConfigError(tr("no learning rate is above 0: set learning_rate, unet_lr or text_encoder_lr"))
 
         # schedule
         self.batches_per_epoch = len(self.plan.batches(0))
         self.steps_per_epoch = len(self.step_groups(0))
         if self.steps_per_epoch == 0:
-            raise TrainingError("there are fewer batches than GPUs: add pictures or lower train_batch_size")
+            raise TrainingError(tr("there are fewer batches than GPUs: add pictures or lower train_batch_size"))
         if cfg.max_train_epochs:
             self.epochs = cfg.max_train_epochs
             self.total_steps = self.epochs * self.steps_per_epoch
@@ -471,10 +473,9 @@ class Trainer:
                     mean_loss, agreed_stop = loss_and_stop(loss_sum / max(1, loss_count), self.stop.requested,
                                                            self.accelerator.num_processes)
                     if not math.isfinite(mean_loss):
-                        raise TrainingError(
-                            f"the loss became {mean_loss} at step {self.global_step}: lower the learning rate, "
-                            "or use bf16 / no_half_vae if training in fp16"
-                        )
+                        raise TrainingError(tr(
+                            "the loss became {loss} at step {step}: lower the learning rate, or use bf16 / "
+                            "no_half_vae if training in fp16", loss=mean_loss, step=self.global_step))
                     now = time.perf_counter()
                     it_s = (self.global_step - step_last) / max(now - t_last, 1e-9)
                     t_last, step_last = now, self.global_step
@@ -524,7 +525,7 @@ class Trainer:
             self.writer.close()
 
 
-OOM_ADVICE = (
+OOM_ADVICE = (  # translated where it is sent
     "CUDA ran out of memory. Lower train_batch_size or resolution, turn on gradient_checkpointing and "
     "cache_latents, use mixed_precision fp16/bf16 or a smaller network_dim, and close other programs using the "
     "GPU. Checkpoints already written are kept."
@@ -544,11 +545,11 @@ def run(cfg: TrainConfig, events: EventWriter, stop: Optional[StopSignal] = None
         events.emit("error", message=str(exc), traceback_tail="", checkpoints=trainer.checkpoints)
         return 2 if isinstance(exc, ConfigError) else 1
     except torch.cuda.OutOfMemoryError:
-        events.emit("error", message=OOM_ADVICE, traceback_tail=traceback_tail(), checkpoints=trainer.checkpoints)
+        events.emit("error", message=tr(OOM_ADVICE), traceback_tail=traceback_tail(), checkpoints=trainer.checkpoints)
         return 3
     except KeyboardInterrupt:
-        events.emit("error", message="stopped at once by a second stop request; no checkpoint was written for the "
-                    "current epoch", traceback_tail="", checkpoints=trainer.checkpoints)
+        events.emit("error", message=tr("stopped at once by a second stop request; no checkpoint was written for the "
+                                        "current epoch"), traceback_tail="", checkpoints=trainer.checkpoints)
         return 130
     except Exception as exc:  # the trainer's own failure text is what the person needs to see
         events.emit("error", message=f"{exc.__class__.__name__}: {exc}", traceback_tail=traceback_tail(),
