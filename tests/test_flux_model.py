@@ -176,3 +176,18 @@ def test_text_conditioning_and_the_t5_mask(loaded):
     assert torch.allclose(short.t5_out[:, :real], long.t5_out[:, :real], atol=1e-5)
     unmasked = encode_prompts(model, ["a photo of sks dog"], apply_t5_attn_mask=False, t5_max_length=16)
     assert not torch.allclose(unmasked.t5_out[:, :real], long.t5_out[:, :real], atol=1e-3)
+
+
+def test_a_diffusers_folder_loads_the_same_weights_as_the_files(tiny_flux, loaded, tmp_path):
+    from lib_trainer.trainer.flux_files import inspect_file
+
+    folder = tf.write_tiny_flux_folder(tmp_path / "FLUX.1-dev", "dev", seed=3)
+    info = inspect_file(folder)
+    assert (info.kind, info.variant, info.layout, info.parts) == (
+        "flux", "dev", "diffusers", ("transformer", "ae", "clip_l", "t5xxl"))
+    model = load_flux(folder, hashes=True)  # its own tokenizer_2/ is found
+    assert model.name == "FLUX.1-dev" and len(model.new_model_hash) == 64 and model.variant == "dev"
+    for part in PARTS:
+        assert _same(getattr(model, part), getattr(loaded["split"], part)), part
+    schnell = inspect_file(tf.write_tiny_flux_folder(tmp_path / "FLUX.1-schnell", "schnell", seed=3))
+    assert schnell.variant == "schnell"

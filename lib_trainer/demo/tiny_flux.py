@@ -317,6 +317,30 @@ def write_tiny_flux(folder: os.PathLike[str] | str, variant: str = "dev", seed: 
     )
 
 
+def write_tiny_flux_folder(folder: os.PathLike[str] | str, variant: str = "dev", seed: int = 0,
+                           config: dict[str, Any] = TINY_FLUX_CONFIG) -> pathlib.Path:
+    """The same tiny model as :func:`write_tiny_flux` (same seed: same values) as a diffusers folder, the way
+    black-forest-labs/FLUX.1-dev is downloaded: transformer/ in two shards, vae/, text_encoder/, text_encoder_2/,
+    tokenizer_2/, with diffusers' and transformers' key names."""
+    from lib_trainer.trainer.flux_convert import bfl_to_diffusers
+    from lib_trainer.trainer.flux_model import build_ae
+
+    folder = pathlib.Path(folder)
+    parts = build_parts(config, variant, seed)
+    transformer = bfl_to_diffusers({k: v.to(torch.bfloat16) for k, v in parts.transformer.items()})
+    names = sorted(transformer)
+    half = len(names) // 2
+    for i, shard in enumerate((names[:half], names[half:]), start=1):
+        shard_name = f"diffusion_pytorch_model-0000{i}-of-00002.safetensors"
+        _save({k: transformer[k] for k in shard}, folder / "transformer" / shard_name)
+    _save(build_ae(dict(parts.ae)).state_dict(), folder / "vae" / "diffusion_pytorch_model.safetensors")
+    _save({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in parts.clip_l.items()},
+          folder / "text_encoder" / "model.safetensors")
+    _save({k: v.to(torch.float16) for k, v in parts.t5xxl.items()}, folder / "text_encoder_2" / "model.safetensors")
+    write_t5_tokenizer(folder / "tokenizer_2")
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib_trainer.demo.tiny_flux",
                                      description="Write tiny random FLUX.1 files in the layouts Forge users have.")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
@@ -130,16 +130,53 @@ def _transformer_prefix(keys: set) -> Optional[tuple[str, str]]:
     return None
 
 
+# A diffusers folder (black-forest-labs/FLUX.1-dev as huggingface_hub downloads it): part -> subfolder.
+FOLDER_PARTS = {"transformer": "transformer", "ae": "vae", "clip_l": "text_encoder", "t5xxl": "text_encoder_2"}
+
+
+def folder_weight_files(folder: PathLike) -> list[Path]:
+    """The .safetensors shards of one part of a diffusers folder; ``*.fp16.safetensors`` variant files only when
+    the folder has nothing else."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    plain = [f for f in files if not f.name.endswith(".fp16.safetensors")]
+    return plain or files
+
+
+def _folder_entries(folder: Path) -> dict:
+    entries: dict = {}
+    for shard in folder_weight_files(folder):
+        entries.update(read_header(shard).entries)
+    return entries
+
+
 def inspect_file(path: PathLike) -> FluxFileInfo:
-    """What a file is, from its header (no tensor is read). Raises OSError when it cannot be read."""
+    """What a file (or a diffusers folder) is, from its headers (no tensor is read). Raises OSError when it
+    cannot be read."""
     path = Path(path)
+    if path.is_dir():
+        return _inspect_folder(path)
     if path.suffix.lower() == ".gguf" or _is_gguf(path):
         return FluxFileInfo(path=path, kind="flux", quantization="gguf")
     try:
         header = read_header(path)
     except NotSafetensors:
         return FluxFileInfo(path=path, kind="other")
-    entries = header.entries
+    return _inspect_entries(path, header.entries)
+
+
+def _inspect_folder(path: Path) -> FluxFileInfo:
+    try:
+        entries = _folder_entries(path / FOLDER_PARTS["transformer"])
+    except NotSafetensors:
+        entries = {}
+    if DIFFUSERS_MARKER not in entries:
+        return FluxFileInfo(path=path, kind="other")
+    info = _inspect_entries(path, entries)
+    parts = tuple(part for part, sub in FOLDER_PARTS.items() if folder_weight_files(path / sub))
+    return replace(info, parts=parts)
+
+
+def _inspect_entries(path: Path, entries: dict) -> FluxFileInfo:
     keys = set(entries)
     quantization = _bnb_kind(keys)
     scaled = SCALED_FP8_MARKER in keys
@@ -325,6 +362,14 @@ def read_part(path: PathLike, prefix: str = "", dtype=None, keep_fp8: bool = Fal
     import torch
 
     path = Path(path)
+    if path.is_dir():  # one part of a diffusers folder: its shards together
+        shards = folder_weight_files(path)
+        if not shards:
+            raise FluxFileError(f"{path} has no .safetensors weights (.bin pickles are not read); download them")
+        merged: dict = {}
+        for shard in shards:
+            merged.update(read_part(shard, prefix, dtype, keep_fp8))
+        return merged
     try:
         header = read_header(path)
     except NotSafetensors as exc:

@@ -19,8 +19,8 @@ from typing import Any, Optional, Union
 import torch
 
 from .flux_convert import bfl_to_diffusers
-from .flux_files import (CLIP_L_PREFIX, T5_PREFIX, VAE_PREFIX, FluxFileError, FluxFileInfo, check_part, inspect_file,
-                         read_part)
+from .flux_files import (CLIP_L_PREFIX, FOLDER_PARTS, T5_PREFIX, VAE_PREFIX, FluxFileError, FluxFileInfo, check_part,
+                         inspect_file, read_part)
 
 CONFIG_FILE = Path(__file__).with_name("model_configs") / "flux.json"
 PARTS = ("transformer", "ae", "clip_l", "t5xxl")
@@ -32,9 +32,10 @@ PathLike = Union[str, Path]
 
 @dataclass
 class PartSource:
-    path: Path
+    path: Path            # a file, or a diffusers folder's subfolder
     prefix: str
     info: FluxFileInfo
+    layout: str = "bfl"   # the key names of a transformer or AE: "bfl" | "diffusers"
 
 
 @dataclass
@@ -75,11 +76,15 @@ def resolve_sources(model: PathLike, ae: Optional[PathLike] = None, clip_l: Opti
                     t5xxl: Optional[PathLike] = None) -> dict[str, PartSource]:
     """Where each part comes from; FluxFileError (quantized file, missing part, wrong file) names what to pick."""
     model = Path(model).expanduser()
-    if not model.is_file():
+    if not model.exists():
         raise FluxFileError(f"FLUX.1 model {str(model)!r} not found; pick a file that exists (nothing is downloaded)")
     info = inspect_file(model)
     check_part(info, "transformer")
-    sources = {"transformer": PartSource(model, info.transformer_prefix, info)}
+    folder = model.is_dir()
+    if folder:  # a diffusers folder: every part in its own subfolder, diffusers' names
+        sources = {"transformer": PartSource(model / FOLDER_PARTS["transformer"], "", info, "diffusers")}
+    else:
+        sources = {"transformer": PartSource(model, info.transformer_prefix, info, info.layout)}
     given = {"ae": ae, "clip_l": clip_l, "t5xxl": t5xxl}
     for part, path in given.items():
         if path:
@@ -89,7 +94,10 @@ def resolve_sources(model: PathLike, ae: Optional[PathLike] = None, clip_l: Opti
             part_info = inspect_file(path)
             check_part(part_info, part)
             prefix = _EMBEDDED_PREFIX[part] if part_info.kind == "flux" else _own_prefix(part_info, part)
-            sources[part] = PartSource(path, prefix, part_info)
+            layout = part_info.layout if part_info.kind == "ae" else "bfl"
+            sources[part] = PartSource(path, prefix, part_info, layout)
+        elif part in info.parts and folder:
+            sources[part] = PartSource(model / FOLDER_PARTS[part], "", info, "diffusers")
         elif part in info.parts:
             sources[part] = PartSource(model, _EMBEDDED_PREFIX[part], info)
         else:
@@ -199,7 +207,8 @@ def build_ae(state: dict, layout: str = "bfl", dtype: torch.dtype = torch.float3
     if layout == "bfl":
         keys = list(state)
         levels = _count(keys, r"encoder\.down\.(\d+)\.")
-        cfg["block_out_channels"] = [int(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) for i in range(levels)]
+        cfg["block_out_channels"] = [int(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0])
+                                     for i in range(levels)]
         cfg["layers_per_block"] = _count(keys, r"encoder\.down\.0\.block\.(\d+)\.")
         latent = int(state["decoder.conv_in.weight"].shape[1])
     else:
@@ -274,17 +283,19 @@ def load_flux(model: PathLike, *, ae: Optional[PathLike] = None, clip_l: Optiona
               dtype: torch.dtype = torch.float32, t5_dtype: Optional[torch.dtype] = None,
               transformer_dtype: Optional[torch.dtype] = None, t5xxl_max_token_length: Optional[int] = None,
               hashes: bool = True) -> LoadedFlux:
-    """Every part of a FLUX.1 model. ``transformer_dtype`` may be an fp8 dtype (an fp8 base); ``t5_dtype``
-    defaults to ``dtype``. ``t5_tokenizer`` is a path or None (looked for: see t5_tokenizer.find_t5_tokenizer)."""
+    """Every part of a FLUX.1 model: ``model`` is a FLUX.1 file or a diffusers folder. ``transformer_dtype`` may be
+    an fp8 dtype (an fp8 base); ``t5_dtype`` defaults to ``dtype``. ``t5_tokenizer`` is a path or None (looked
+    for: see t5_tokenizer.find_t5_tokenizer)."""
     from .t5_tokenizer import find_t5_tokenizer, load_t5_tokenizer
     from .tokenizer import load_clip_tokenizer
 
+    model = Path(model).expanduser()
     sources = resolve_sources(model, ae, clip_l, t5xxl)
     main = sources["transformer"]
     variant = main.info.variant
     base = base_configs()
     # the tokenizer is looked for before minutes of reading weights, so that a missing one fails at once
-    tokenizer_path = find_t5_tokenizer(t5_tokenizer, base_model=main.path)
+    tokenizer_path = find_t5_tokenizer(t5_tokenizer, base_model=model)
     max_length = t5xxl_max_token_length or base["tokenizer_2"]["t5xxl_max_token_length"][variant]
 
     def part(name: str, read_dtype: torch.dtype) -> dict:
@@ -297,14 +308,19 @@ def load_flux(model: PathLike, *, ae: Optional[PathLike] = None, clip_l: Optiona
     # an fp8 base from a bf16 / fp16 file: read in bf16, its matrices cast to fp8 one by one
     read_dtype = None if keep_fp8 else (torch.bfloat16 if target in _FP8 else target)
     state = read_part(main.path, main.prefix, dtype=read_dtype, keep_fp8=keep_fp8)
-    transformer = build_transformer(state, target, main.info.layout)
+    transformer = build_transformer(state, target, main.layout)
     del state
-    vae = build_ae(part("ae", dtype), sources["ae"].info.layout if sources["ae"].info.kind == "ae" else "bfl", dtype)
+    vae = build_ae(part("ae", dtype), sources["ae"].layout, dtype)
     clip = build_clip_l(part("clip_l", dtype), dtype)
     t5 = build_t5(part("t5xxl", t5_dtype or dtype), t5_dtype or dtype)
 
     model_hash, new_hash = ("", "")
-    if hashes:
+    if hashes and model.is_dir():
+        from .models import folder_hash
+
+        new_hash = folder_hash(model, list(FOLDER_PARTS.values()))
+        model_hash = new_hash[:8]
+    elif hashes:
         from .models import file_hashes
 
         model_hash, new_hash = file_hashes(main.path)
@@ -312,6 +328,6 @@ def load_flux(model: PathLike, *, ae: Optional[PathLike] = None, clip_l: Optiona
         variant=variant, transformer=transformer, vae=vae, clip_l=clip, t5=t5,
         clip_tokenizer=load_clip_tokenizer(base["tokenizer"]["pad_token"]),
         t5_tokenizer=load_t5_tokenizer(tokenizer_path, max_length),
-        scheduler_config=dict(base["scheduler"][variant]), t5_max_length=max_length, name=main.path.name,
+        scheduler_config=dict(base["scheduler"][variant]), t5_max_length=max_length, name=model.name,
         model_hash=model_hash, new_model_hash=new_hash, sources=sources,
     )
