@@ -709,6 +709,18 @@ def test_offline_offers_only_taggers_with_local_models(webui, host, monkeypatch)
     assert [t.id for t in host.taggers()] == ["deepbooru"]
 
 
+def hf_cache(monkeypatch, cache, repo_id, filename):
+    """A Hugging Face cache at ``cache`` holding one file of ``repo_id``."""
+    import huggingface_hub.constants
+
+    snapshot = cache / ("models--" + repo_id.replace("/", "--"))
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("abc")
+    (snapshot / "snapshots" / "abc").mkdir(parents=True)
+    (snapshot / "snapshots" / "abc" / filename).write_bytes(b"file")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
 def test_offline_says_why_each_tagger_is_left_out_and_what_to_do(webui, host, monkeypatch, tmp_path):
     """A1111 has DeepBooru, BLIP and CLIP built in: a host offering none of them says why for each (the model is
     not on disk and the WebUI runs offline, where it goes and where it comes from), and why WD14 is missing."""
@@ -717,6 +729,9 @@ def test_offline_says_why_each_tagger_is_left_out_and_what_to_do(webui, host, mo
     assert "stable-diffusion-webui-wd14-tagger" in host.unavailable_taggers()[0].reason
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no CLIP model in ~/.cache/clip
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache
     missing = {t.title: t.reason for t in host.unavailable_taggers()}
     assert host.taggers() == [] and list(missing) == [
         "DeepBooru (anime tags)", "BLIP (a sentence)", "CLIP interrogator (BLIP sentence + CLIP keywords)",
@@ -733,6 +748,10 @@ def test_offline_says_why_each_tagger_is_left_out_and_what_to_do(webui, host, mo
     model.write_bytes(b"weights")
     (models / "BLIP").mkdir()
     (models / "BLIP" / "model_base_caption_capfilt_large.pth").write_bytes(b"weights")
+    assert [t.id for t in host.taggers()] == ["deepbooru"]  # BLIP's tokenizer is not in the Hugging Face cache
+    tokenizer = next(t.reason for t in host.unavailable_taggers() if t.title == "BLIP (a sentence)")
+    assert "bert-base-uncased tokenizer" in tokenizer and "not in the cache" in tokenizer
+    hf_cache(monkeypatch, tmp_path / "hf", "bert-base-uncased", "vocab.txt")
     assert [t.id for t in host.taggers()] == ["deepbooru", "blip"]
     missing = {t.title: t.reason for t in host.unavailable_taggers()}
     assert list(missing) == ["CLIP interrogator (BLIP sentence + CLIP keywords)", "WD14 tagger"]

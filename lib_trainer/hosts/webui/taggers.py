@@ -22,6 +22,7 @@ BLIP_MODEL = ("BLIP", "model_base_caption_capfilt_large.pth",
               "https://storage.googleapis.com/sfr-vision-language-research/BLIP/models/"
               "model_base_caption_capfilt_large.pth")
 CLIP_MODEL_FILE = "ViT-L-14.pt"  # clip.load("ViT-L/14", download_root=--clip-models-path or ~/.cache/clip)
+BLIP_TOKENIZER = ("bert-base-uncased", "vocab.txt")  # BLIP's init_tokenizer: BertTokenizer.from_pretrained(…)
 WD14_EXTENSION_URL = "https://github.com/picobyte/stable-diffusion-webui-wd14-tagger"
 
 
@@ -42,6 +43,16 @@ def _wd14_on_disk(interrogator: Any) -> bool:
     except Exception:
         return False
     return isinstance(cached, str)
+
+
+def _hf_cached(repo_id: str, filename: str) -> bool:
+    """Whether a Hugging Face file is in the local cache (so it loads offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, filename), str)
+    except Exception:
+        return False
 
 
 def _split_tags(text: str) -> list[str]:
@@ -85,8 +96,14 @@ class WebUITaggers:
         if getattr(shared, "interrogator", None) is None:
             reason = tr("The WebUI has not loaded its interrogator (BLIP and CLIP); see the WebUI's console.")
             missing += [TaggerUnavailable(blip, reason), TaggerUnavailable(clip, reason)]
-        elif not self._interrogator_usable():
+        elif not any((self._models_path() / BLIP_MODEL[0]).glob("*.pth")) and offline():
             reason = self._model_missing(BLIP_MODEL, no_downloads, tr("BLIP"))
+            missing += [TaggerUnavailable(blip, reason), TaggerUnavailable(clip, reason)]
+        elif not self._interrogator_usable():
+            reason = tr("BLIP also loads the {name} tokenizer from Hugging Face, which is not in the cache and {why}: "
+                        "start the WebUI once without {variables} and caption one picture with BLIP (it downloads "
+                        "the tokenizer then).", name=BLIP_TOKENIZER[0], why=no_downloads,
+                        variables=offline_variables())
             missing += [TaggerUnavailable(blip, reason), TaggerUnavailable(clip, reason)]
         elif not self._clip_usable():
             missing.append(TaggerUnavailable(clip, tr(
@@ -117,7 +134,10 @@ class WebUITaggers:
         return not offline() or any((self._models_path() / DEEPBOORU_MODEL[0]).glob("*.pt"))
 
     def _interrogator_usable(self) -> bool:
-        return not offline() or any((self._models_path() / BLIP_MODEL[0]).glob("*.pth"))
+        """BLIP (and so the CLIP interrogator) downloads its model and its tokenizer on first use: offline, both
+        must be on disk."""
+        return not offline() or (any((self._models_path() / BLIP_MODEL[0]).glob("*.pth")) and
+                                 _hf_cached(*BLIP_TOKENIZER))
 
     @staticmethod
     def _clip_dir() -> Path:
