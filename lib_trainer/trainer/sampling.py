@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from lib_trainer.common.i18n import tr
+
 
 @dataclass
 class SamplePrompt:
@@ -50,7 +52,8 @@ def parse_prompt_line(line: str, default_size: tuple[int, int]) -> Optional[Samp
             elif name == "d":
                 prompt.seed = int(value)
         except ValueError:
-            raise ValueError(f"sample prompt option --{name} {value!r} is not a number") from None
+            raise ValueError(tr("sample prompt option --{name} {value} is not a number", name=name,
+                                value=repr(value))) from None
     prompt.width -= prompt.width % 8
     prompt.height -= prompt.height % 8
     return prompt
