@@ -3,7 +3,7 @@
     python -m lib_trainer.cli new 可爱的狗                     # project + version v1
     python -m lib_trainer.cli import 可爱的狗 ~/pictures/dog    # files, folders, .zip → dataset (+ preprocessing)
     python -m lib_trainer.cli caption 可爱的狗 --trigger sks_dog --remove "blue eyes"
-    python -m lib_trainer.cli train 可爱的狗 --base model.safetensors --preset person --vram 12
+    python -m lib_trainer.cli train 可爱的狗 --base model.safetensors --preset person   # or: --base embedded
     python -m lib_trainer.cli preview 可爱的狗 && python -m lib_trainer.cli pick 可爱的狗 --lora-dir models/Lora
     python -m lib_trainer.cli status 可爱的狗 · list
 
@@ -18,7 +18,8 @@ through ``lib_trainer.jobs.runner.JobRunner`` in a background ``worker`` process
 the commands, so ``--help`` stays instant.
 
 The package: ``entry`` (main), ``parser`` (build_parser), ``errors`` (exit codes, CliError), ``output`` (text/JSON,
-progress lines), ``common`` (workspace, version targets, settings, host), ``arg_values`` (option value parsers), one
-module per command group (``projects_cmds``, ``dataset_cmds``, ``train_cmds``, ``preview_cmds``) and what ``train``
-uses (``train_config``, ``job_follow``).
+progress lines), ``hints`` (the commands printed as next steps: quoted for the shell, with the --workspace/--lang
+given), ``common`` (workspace, version targets, model folders, settings, host), ``arg_values`` (option value
+parsers), one module per command group (``projects_cmds``, ``dataset_cmds``, ``train_cmds``, ``preview_cmds``)
+and what ``train`` uses (``train_config``, ``job_follow``).
 """

@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", help=tr("sampler, e.g. \"Euler a\""))
     p.add_argument("--size", type=parse_size, metavar="WxH", help=tr("image size"))
     p.add_argument("--clip-skip", type=int, help=tr("clip skip"))
-    p.add_argument("--base", metavar="MODEL", help=tr("draw with this base model (default: the one trained on)"))
+    p.add_argument("--base", metavar="MODEL",
+                   help=tr("draw with this base model: a file, a name in --ckpt-dir or \"embedded\" (default: the one "
+                           "trained on)"))
     p.add_argument("--no-reference", action="store_true", help=tr("leave out the no-LoRA column"))
     p.add_argument("--checkpoint", action="append", metavar="NAME", help=tr("draw only this checkpoint (repeatable)"))
     p.add_argument("--restart", action="store_true", help=tr("draw everything again"))

@@ -16,6 +16,8 @@ from lib_trainer.common.i18n import tr
 
 def cmd_preview(args: argparse.Namespace, out: Output) -> int:
     from lib_trainer.checkpoints.recommend import recommend
+    from lib_trainer.cli.train_config import EMBEDDED
+    from lib_trainer.hosts.standalone import EMBEDDED_TINY_TITLE
     from lib_trainer.preview.cells import weight_text
     from lib_trainer.preview.config import load_config, PreviewConfig, save_config
     from lib_trainer.preview.run import run_preview
@@ -30,6 +32,8 @@ def cmd_preview(args: argparse.Namespace, out: Output) -> int:
                                  ("weights", args.weights), ("seed", args.seed), ("steps", args.steps),
                                  ("cfg_scale", args.cfg), ("sampler", args.sampler), ("clip_skip", args.clip_skip),
                                  ("base_model", args.base)) if v is not None}
+    if args.base == EMBEDDED:  # the name train --base takes; the host knows the embedded model by its title
+        changes["base_model"] = EMBEDDED_TINY_TITLE
     if args.size:
         changes["width"], changes["height"] = args.size
     if args.no_reference:
