@@ -13,34 +13,11 @@ import torch
 
 from lib_trainer.demo import tiny_flux as tf
 from lib_trainer.trainer import flux_lora as fl
+from tests.flux_fixtures import lora_network
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = tf.TINY_FLUX_CONFIG["transformer"]
 DEPTH, SINGLE = CFG["depth"], CFG["depth_single_blocks"]
-
-
-def _network(transformer, clip, dim: int = 4, alpha: float = 2.0, seed: int = 0):
-    """A lycoris LoRA on FLUX.1's blocks and CLIP-L, as the trainer makes one, with random (trained-like) ups."""
-    import logging
-
-    from lycoris import kohya as lycoris_kohya
-    from lycoris.config import PRESET
-
-    logging.getLogger("LyCORIS").setLevel(logging.WARNING)
-    PRESET["train_tools_flux_test"] = {
-        "enable_conv": False, "unet_target_module": fl.TARGET_MODULES, "unet_target_name": [],
-        "text_encoder_target_module": fl.TEXT_ENCODER_MODULES, "text_encoder_target_name": [],
-        "module_algo_map": {}, "name_algo_map": {}, "use_fnmatch": False,
-    }
-    network = lycoris_kohya.create_network(1.0, dim, alpha, None, clip, transformer, algo="lora",
-                                           preset="train_tools_flux_test", conv_dim=0, conv_alpha=1, bypass_mode=True)
-    network.apply_to(clip, transformer, apply_text_encoder=True, apply_unet=True)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in network.named_parameters():
-            if "lora_up" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    return network
 
 
 def _state(network) -> dict[str, torch.Tensor]:
@@ -53,7 +30,7 @@ def tiny_network():
 
     parts = tf.build_parts(variant="dev", seed=2)
     transformer = build_transformer(parts.transformer)
-    return transformer, _state(_network(transformer, build_clip_l(parts.clip_l)))
+    return transformer, _state(lora_network(transformer, build_clip_l(parts.clip_l)))
 
 
 def _delta(params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -177,7 +154,7 @@ def test_diffusers_flux_load_lora_weights_applies_exactly_the_trained_change(tmp
         transformer = FluxTransformer2DModel.from_config(cfg)
     assert width["clip_l"] == tf.TINY_FLUX_CONFIG["clip_l"]  # so the tiny parts give the check's CLIP-L shapes
     clip = build_clip_l(tf.build_parts(tf.TINY_FLUX_CONFIG, "dev", 0).clip_l)
-    state = _state(_network(transformer, clip, dim=4, alpha=2.0, seed=3))
+    state = _state(lora_network(transformer, clip, dim=4, alpha=2.0, seed=3))
     kohya = {k: v.to(torch.float16) for k, v in fl.to_kohya(state, 1, 1).items()}
     meta = fl.metadata("dev", {}, apply_t5_attn_mask=False, t5xxl_max_token_length=512)
     save_file(kohya, str(tmp_path / "flux_lora.safetensors"), metadata=meta)
