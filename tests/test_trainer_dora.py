@@ -20,6 +20,8 @@ wrongly even untrained). "Our own merged weight" is lycoris' get_merged_weight o
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -142,3 +144,18 @@ def test_lycoris_default_output_axis_is_what_a1111_gets_wrong(tiny_model):
     up, down = torch.zeros(weight.shape[0], 2), torch.randn(2, weight.shape[1])
     assert (a1111_applied(weight, up, down, 1.0, rows) - weight).abs().max() > 1e-2 * weight.abs().max()
     assert torch.allclose(forge_applied(weight, up, down, 1.0, rows), weight, atol=1e-6)  # Forge reads its shape
+
+
+def test_an_output_axis_file_is_warned_about_and_continues_only_in_its_layout(tiny_sd1, tmp_path):
+    output_axis = dict(DORA, network_args=["algo=lora", "dora_wd=True", "wd_on_output=True"])
+    first = train(make_config(tmp_path, tiny_sd1, **output_axis)).assert_ok()
+    assert any(w.startswith("wd_on_output=True keeps DoRA's magnitude per output row") for w in first.warnings)
+    tensors, metadata = load_lora(first.final)
+    assert json.loads(metadata["ss_network_args"])["wd_on_output"] == "True"
+    assert all(v.shape[1] == 1 for k, v in tensors.items() if k.endswith(".dora_scale"))  # (out, 1, …)
+    # continued without wd_on_output: refused, saying which setting fits the file
+    refused = train(make_config(tmp_path, tiny_sd1, network_weights=str(first.final),
+                                output_dir=str(tmp_path / "out2"), **DORA))
+    assert refused.code == 1 and "wd_on_output=True" in refused.error and "dora_scale" in refused.error, refused.error
+    train(make_config(tmp_path, tiny_sd1, network_weights=str(first.final), output_dir=str(tmp_path / "out3"),
+                      **output_axis)).assert_ok()
