@@ -181,6 +181,10 @@ def test_extra_face_crops_through_an_injected_detector(tmp_path):
     with Image.open(out / "person_face1.png") as a, Image.open(out / "person_face1_flip.png") as b:
         assert np.array_equal(np.asarray(ImageOps.mirror(a.convert("RGB"))), np.asarray(b.convert("RGB")))
     assert len(result.written) == 4
+    assert result.messages[-1] == "1 face close-up(s) added, from 1 of the pictures."
+    faceless = preprocess(src, tmp_path / "faceless", repeats=1, concept="p", options=options,
+                          face_detector=_no_faces)
+    assert faceless.messages[-1] == "No face was found in the pictures, so no close-up was added."
     boxes = face_crop_boxes((1200, 900), [(700, 200, 200, 240), (100, 100, 30, 30)], (512, 512), 2.2, 2)
     assert len(boxes) == 2 and boxes[0][2] == boxes[0][3]  # square like the target
     for x, y, w, h in boxes:

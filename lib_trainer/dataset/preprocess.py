@@ -536,4 +536,15 @@ def preprocess(
         save_manifest()
     for key in ("written", "unchanged", "removed", "captions_written", "captions_kept"):
         getattr(result, key).sort()
+    if options.face_crops and not result.stopped:
+        result.messages.append(_face_note(result.outputs))
     return result
+
+
+def _face_note(outputs: Sequence[str]) -> str:
+    """What "a close-up of each face" gave: the face finder can find none (drawings, faces from the side)."""
+    close_ups = [n for n in outputs if re.search(r"_face\d+$", Path(n).stem)]
+    if not close_ups:
+        return tr("No face was found in the pictures, so no close-up was added.")
+    pictures = {re.sub(r"_face\d+$", "", Path(n).stem) for n in close_ups}
+    return tr("{n} face close-up(s) added, from {pictures} of the pictures.", n=len(close_ups), pictures=len(pictures))
