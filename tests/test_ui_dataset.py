@@ -120,9 +120,11 @@ def test_the_repeats_shown_after_an_import_are_a_suggestion_until_applied(tmp_pa
     dataset_panel.on_preprocess(ctx, "dog", "v1", 64, 64, "center", False, False, None, "dog", 10)
     hint = dataset_panel.on_refresh(ctx, "dog", "v1")[9]
     assert "A suggestion only: the training pictures (10_dog) use 10 repeats" in hint
-    dataset_panel.on_apply_repeats(ctx, "dog", "v1", "dog", 30)
+    assert "now has 30 repeats (30_dog)" in dataset_panel.on_apply_repeats(ctx, "dog", "v1", "dog", 30)
     hint = dataset_panel.repeats_hint(ctx, ctx.version("dog", "v1"))[1]
     assert "In use: the training pictures (30_dog) have these 30 repeats." in hint
+    again = dataset_panel.on_apply_repeats(ctx, "dog", "v1", "dog", 30)  # said only when it changes
+    assert "already has 30 repeats (30_dog); nothing changed." in again and "now has" not in again
 
 
 def test_an_import_message_belongs_to_the_pictures_it_told_of(tmp_path):

@@ -329,6 +329,7 @@ def on_apply_repeats(ctx: UIContext, project: Optional[str], version_name: Optio
     if target is None:
         return messages.error(tr("There is no concept \"{name}\"; the concepts are: {names}.", name=name,
                                  names=", ".join(c.name for c in concepts)))
+    before = target.repeats
     try:
         changed = set_repeats(version.dataset_dir, target.name, repeats)
     except (ConceptError, ValueError, OSError) as exc:
@@ -336,6 +337,9 @@ def on_apply_repeats(ctx: UIContext, project: Optional[str], version_name: Optio
     settings = version_settings.get(version, "preprocess", {}) or {}
     settings.update(repeats=changed.repeats, concept=changed.name)
     version_settings.put(version, preprocess=settings)
+    if changed.repeats == before:
+        return messages.info(tr("\"{name}\" already has {repeats} repeats ({folder}); nothing changed.",
+                                name=changed.name, repeats=changed.repeats, folder=changed.folder_name))
     return messages.ok(tr("\"{name}\" now has {repeats} repeats ({folder}).", name=changed.name,
                           repeats=changed.repeats, folder=changed.folder_name))
 
