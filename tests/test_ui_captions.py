@@ -138,3 +138,20 @@ def test_the_undo_button_speaks_the_language_of_the_page(tmp_path):
     finally:
         i18n.set_language(None)
     assert value(captions_panel.undo_label(version)) == 'Undo "Add dog"'
+
+
+def test_the_captions_choices_are_shown_translated_and_hand_back_their_values():
+    from lib_trainer.common.i18n import set_language
+    from lib_trainer.ui import dataset_panel
+
+    choices = [captions_panel.SCOPE_CHOICES, captions_panel.EXISTING_CHOICES, captions_panel.SORT_CHOICES,
+               dataset_panel.CROP_CHOICES]
+    english = [c.labels() for c in choices]
+    set_language("zh_CN")
+    try:
+        for c, labels in zip(choices, english):
+            shown = c.labels()
+            assert all(a != b for a, b in zip(shown, labels)), shown  # every label is translated
+            assert [c.value(label) for label in shown] == c.values
+    finally:
+        set_language(None)
