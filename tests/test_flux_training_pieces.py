@@ -11,8 +11,8 @@ from lib_trainer.trainer.flux_attention import install_text_mask
 from lib_trainer.trainer.flux_text import encode_prompts
 from tests.flux_fixtures import load_tiny, lora_network, tiny_flux  # noqa: F401 — fixture by name
 
-FLOW = fm.FlowMatchingConfig(timestep_sampling="shift", discrete_flow_shift=3.1582, model_prediction_type="raw",
-                             guidance_scale=1.0)  # sd-scripts' recommended FLUX.1 settings
+# what sd-scripts' docs/flux_train_network.md recommends for FLUX.1 dev
+FLOW = fm.FlowMatchingConfig(timestep_sampling="flux_shift", model_prediction_type="raw", guidance_scale=1.0)
 
 
 def _latents(model) -> torch.Tensor:
