@@ -6,13 +6,15 @@ Here, once (a machine with PyPI, and an sd-scripts checkout as bench/README.md m
 
 fills the gitignored ``.whl/`` folder: the wheels the GPU machine lacks (for Python 3.12; ``--python-version``),
 in ``ours/`` (the trainer's pins), ``sd-scripts/`` (sd-scripts' pins) and ``common/`` (what both take: a
-transformers that has wheels for Python 3.12 and its tokenizers / huggingface-hub), sd-scripts' own code in
-``sd-scripts-src/`` (the .py files at its top, library/, networks/; copied from the checkout, never committed)
-and CLIP's BPE vocabulary in ``clip/`` (the machine has no open_clip). Then, on the GPU machine:
+transformers that has wheels for Python 3.12 with its tokenizers, huggingface-hub and safetensors; accelerate),
+sd-scripts' own code in ``sd-scripts-src/`` (the .py files at its top, library/, networks/; copied from the
+checkout, never committed) and CLIP's BPE vocabulary in ``clip/`` (the machine has no open_clip). Then, on the GPU
+machine (the device call: ``run(command="python3 bench/gpu_session.py run --budget-s 450", carry=[".whl"],
+timeout_s=540)``):
 
-    python3 bench/gpu_session.py run [--budget-s 480]
+    python3 bench/gpu_session.py run [--budget-s 450]
 
-1. installs the wheels into /tmp/site-ours and /tmp/site-sds (pip --no-index --no-deps --target);
+1. installs the wheels into <work>/site-ours and <work>/site-sds (pip --no-index --no-deps --target);
 2. draws full-size random SD1.5 and SDXL checkpoints on the GPU (``build_state_dict(..., device="cuda")``);
 3. runs, in this order while the budget lasts (each step is skipped when its estimate no longer fits):
    bench/vs_sd_scripts.py for SD1.5 512 px batch 1 and batch 4 (fp16) and SDXL 1024 px batch 1 (bf16, gradient
@@ -30,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -40,16 +43,17 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_WHEELS = ROOT / ".whl"
 
-# What the GPU machine lacks (its packages: /work/.library/device/KINDS.md), by who needs it. transformers 4.30.2
-# (the WebUI's) has no tokenizers wheel for Python 3.12, so ours takes sd-scripts' 4.54.1 there, with sd-scripts'
-# safetensors 0.4.5 for both (4.54.1 needs >= 0.4.3); accelerate (ours), numpy, Pillow, einops, tensorboard, rich,
-# opencv... are the machine's own.
+# What the GPU machine lacks or has in another version (its packages: /work/.library/device/KINDS.md), by who
+# needs it. transformers 4.30.2 (the WebUI's) has no tokenizers wheel for Python 3.12, so ours takes sd-scripts'
+# 4.54.1 there, with sd-scripts' safetensors 0.4.5 (4.54.1 needs >= 0.4.3) and accelerate 1.6.0 for both (the
+# machine's 1.15 is untried with either; ours reads accelerate >= 0.21, and the CPU dry run uses 1.6.0 too);
+# numpy, Pillow, einops, tensorboard, rich, opencv, torchvision... are the machine's own.
 WHEELS = {
-    "common": ["transformers==4.54.1", "tokenizers==0.21.4", "huggingface-hub==0.34.3", "safetensors==0.4.5"],
+    "common": ["transformers==4.54.1", "tokenizers==0.21.4", "huggingface-hub==0.34.3", "safetensors==0.4.5",
+               "accelerate==1.6.0"],
     "ours": ["diffusers==0.29.2", "lycoris-lora==3.4.0", "toml==0.10.2", "prodigyopt==1.1.2", "lion-pytorch==0.2.5",
              "tensorboardX==2.6.2.2"],
-    "sd-scripts": ["diffusers==0.32.1", "accelerate==1.6.0", "toml==0.10.2",
-                   "voluptuous==0.15.2", "imagesize==1.4.1"],
+    "sd-scripts": ["diffusers==0.32.1", "toml==0.10.2", "voluptuous==0.15.2", "imagesize==1.4.1"],
 }
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64"]
@@ -114,6 +118,7 @@ class Session:
         self.work = Path(args.work).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
         self.result: dict[str, Any] = {"smoke": args.smoke, "steps": [], "skipped": [], "environment": {}}
+        self.recorded_imports = False
 
     def left(self) -> float:
         return self.args.budget_s - (time.monotonic() - self.t0)
@@ -140,14 +145,17 @@ class Session:
         with open(self.out / "gpu_session.log", "a", encoding="utf-8") as fh:
             fh.write(f"\n===== {name}: {' '.join(cmd)}\n")
             fh.flush()
+            # its own process group, so that a step stopped at the budget takes its trainers with it
+            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=fh, text=True,
+                                    start_new_session=True)
             try:
-                done = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=fh, text=True, timeout=limit)
-                record["exit_code"] = done.returncode
-                stdout = done.stdout
-            except subprocess.TimeoutExpired as exc:
+                stdout, _ = proc.communicate(timeout=limit)
+                record["exit_code"] = proc.returncode
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                stdout, _ = proc.communicate()
                 record["exit_code"] = None
                 record["error"] = f"stopped after {limit:.0f} s (the session's budget)"
-                stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         record["seconds"] = round(time.monotonic() - t0, 1)
         data = None
         text = json_file.read_text() if json_file is not None and json_file.is_file() else stdout
@@ -243,6 +251,9 @@ def run(args) -> int:
             cmd += ["--sd-scripts-path", sites["sd-scripts"]]
         if args.smoke:
             cmd += ["--steps", "6", "--resolution", "64"]
+        if args.smoke or not session.recorded_imports:  # what each side imports, once (for the wheel list)
+            cmd.append("--record-imports")
+            session.recorded_imports = True
         session.step(f"vs:{case}", cmd, ours_env, json_file=out)
         shutil.rmtree(session.work / "vs", ignore_errors=True)
 
@@ -281,7 +292,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS)
     r = sub.add_parser("run", help="measure (on the GPU machine)")
     r.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS)
-    r.add_argument("--budget-s", type=float, default=480, help="wall-clock budget of the whole session")
+    r.add_argument("--budget-s", type=float, default=450, help="wall-clock budget of the whole session")
     r.add_argument("--work", default="/tmp/gpu_session", help="scratch folder (checkpoints: 2 + 7 GB)")
     r.add_argument("--out-dir", help="where the JSON goes when $OUT is unset")
     r.add_argument("--checkpoint-dir", help="reuse full-*.safetensors found here")

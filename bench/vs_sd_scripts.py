@@ -26,10 +26,11 @@ What is measured, and how:
 * ``first_step_s``: launch to the end of step 1; ``run_s``: launch to process exit (saving the LoRA included).
 * memory: the process tree (the program and any worker it starts) is polled every 0.2 s from /proc:
   ``peak_rss_mib`` is the peak of the summed VmRSS (shared pages counted once per process), ``peak_pss_mib`` that
-  of the summed Pss; ``max_rss_mib`` is the kernel's exact peak RSS of the largest single process (wait4). On CUDA,
-  ``peak_vram_mib`` is torch's max_memory_allocated in the program's own process (a sitecustomize hook enabled by
-  an environment variable writes it at exit) and ``peak_vram_reserved_mib`` the allocator's peak;
-  ``peak_gpu_used_mib`` is nvidia-smi's memory.used above what it was before the launch (context included).
+  of the summed Pss (polled every second: reading it walks the page tables); ``max_rss_mib`` is the kernel's
+  exact peak RSS of the largest single process (wait4). On CUDA, ``peak_vram_mib`` is torch's
+  max_memory_allocated in the program's own process (a sitecustomize hook enabled by an environment variable
+  writes it at exit) and ``peak_vram_reserved_mib`` the allocator's peak; ``peak_gpu_used_mib`` is nvidia-smi's
+  memory.used above what it was before the launch (context included).
 * ``loss_mean`` (mean of the per-step losses), ``loadavg_1m`` before and after each run.
 * the output LoRA's tensor count and whether both sides wrote the same key names.
 
@@ -65,6 +66,7 @@ DATASET_REPEATS = 10
 SEED = 1234
 TIMED_FROM_STEP = 5  # step durations 5..N enter the median (the first steps select kernels and fill caches)
 POLL_S = 0.2
+PSS_POLL_S = 1.0
 # where sd-scripts' tokenizer_cache_dir looks for each tokenizer (the hub id with "/" replaced by "_")
 SDS_TOKENIZER_DIRS = {
     "sd1": ["openai_clip-vit-large-patch14"],
@@ -248,13 +250,35 @@ def _children_map() -> dict[int, list[int]]:
     return tree
 
 
+def _children(pid: int) -> Optional[list[int]]:
+    """The children of pid from /proc/PID/task/*/children (cheap), or None where the kernel has no such files."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                found.extend(int(p) for p in fh.read().split())
+        except FileNotFoundError:
+            return None
+        except OSError:
+            continue
+    return found
+
+
 def _tree(pid: int) -> list[int]:
-    children = _children_map()
+    children_map: Optional[dict[int, list[int]]] = None
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
-        todo.extend(children.get(p, []))
+        children = _children(p) if children_map is None else None
+        if children is None:  # scan all of /proc once (the polling costs more CPU then)
+            children_map = children_map or _children_map()
+            children = children_map.get(p, [])
+        todo.extend(children)
     return out
 
 
@@ -292,12 +316,14 @@ class MemoryMonitor(threading.Thread):
             return None
 
     def run(self) -> None:
-        next_gpu = 0.0
+        next_gpu = next_pss = 0.0
         while not self._stop_event.is_set():
             pids = _tree(self.pid)
             self.max_processes = max(self.max_processes, len(pids))
             self.peak_rss_kib = max(self.peak_rss_kib, sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids))
-            self.peak_pss_kib = max(self.peak_pss_kib, sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids))
+            if time.monotonic() >= next_pss:  # smaps_rollup walks the page tables: ~10 ms for a 6 GiB process
+                self.peak_pss_kib = max(self.peak_pss_kib, sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids))
+                next_pss = time.monotonic() + PSS_POLL_S
             if self.gpu and time.monotonic() >= next_gpu:
                 used = self._gpu_used()
                 if used is not None and self.gpu_base_mib is not None:
@@ -310,10 +336,15 @@ class MemoryMonitor(threading.Thread):
         self.join()
 
 
-def run_monitored(argv: list[str], env: dict, cwd: Path, log_path: Path, gpu: bool, timeout_s: float) -> dict:
-    """Run a program to its end with its output to log_path; times, memory and exit code."""
+def run_monitored(argv: list[str], env: dict, cwd: Path, log_path: Path, gpu: bool, timeout_s: float,
+                  record_imports: bool = False) -> dict:
+    """Run a program to its end with its output to log_path; times, memory and exit code (and, with
+    record_imports, the top-level modules it imported, with their versions)."""
     peak_file = log_path.with_name("cuda_peak.json")
+    modules_file = log_path.with_name("modules.json")
     env = dict(env, TRAIN_TOOLS_BENCH_CUDA_PEAK_FILE=str(peak_file))
+    if record_imports:
+        env["TRAIN_TOOLS_BENCH_MODULES_FILE"] = str(modules_file)
     load_before = os.getloadavg()[0]
     with open(log_path, "wb") as log_fh:
         t_launch = time.time()
@@ -346,6 +377,9 @@ def run_monitored(argv: list[str], env: dict, cwd: Path, log_path: Path, gpu: bo
         peak = json.loads(peak_file.read_text())
         row["peak_vram_mib"] = round(peak["max_allocated"] / 2**20, 1)
         row["peak_vram_reserved_mib"] = round(peak["max_reserved"] / 2**20, 1)
+    if record_imports and modules_file.is_file():
+        modules = json.loads(modules_file.read_text())
+        row["imports"] = {name: m["version"] for name, m in modules.items()}
     if time.monotonic() > deadline:
         row["error"] = f"killed after {timeout_s:.0f} s"
     return row
@@ -486,7 +520,8 @@ def run_side(side: str, case: Case, inputs: dict, work: Path, args, index: int) 
         argv, env, cwd = sds_command(case, inputs, out, args.sd_scripts, args.sd_scripts_python,
                                      args.sd_scripts_path, args.sd_scripts_workers)
     log_path = out / "output.log"
-    row = run_monitored(argv, env, cwd, log_path, gpu=case.cuda, timeout_s=args.timeout)
+    row = run_monitored(argv, env, cwd, log_path, gpu=case.cuda, timeout_s=args.timeout,
+                        record_imports=args.record_imports and index == 0)
     if side == "ours":
         steps, start, errors = ours_steps(log_path)
         row.update(step_stats(steps, row["t_launch"]))
@@ -623,6 +658,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--work", type=Path, help="work folder (kept); default: a temporary folder, removed")
     parser.add_argument("--keep", action="store_true", help="keep the LoRA files in the work folder")
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
+    parser.add_argument("--record-imports", action="store_true",
+                        help="the first pair's runs list the top-level modules they imported (with versions)")
     args = parser.parse_args(argv)
     args.sd_scripts = args.sd_scripts.resolve()
     if not (args.sd_scripts / "train_network.py").is_file():
