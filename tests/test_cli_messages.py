@@ -246,3 +246,23 @@ def test_project_slash_version_is_said_out_loud(tmp_path, capsys):
     from lib_trainer.projects import Workspace
 
     assert [p.name for p in Workspace(ws).projects()] == ["AC"]
+
+
+# ---------------------------------------------------------------------------------------------- item 8
+
+def test_the_start_of_training_counts_picture_uses_not_pictures():
+    import io
+
+    from lib_trainer.cli.output import TrainProgress
+
+    stream = io.StringIO()
+    progress = TrainProgress(Output(False, stream=stream, errors=stream))
+    progress.event({"event": "start", "device": "cpu", "images": 40, "reg_images": 0, "epochs": 1,
+                    "total_steps": 20})
+    progress.event({"event": "start", "device": "cpu", "images": 40, "reg_images": 3, "epochs": 2,
+                    "total_steps": 80})
+    first, second = stream.getvalue().splitlines()
+    # 40 already holds the repeats: it is not "40 pictures × repeats"; one epoch is "1 epoch"
+    assert first == "Training on cpu: 40 picture uses per epoch (pictures × repeats), 1 epoch, 20 steps."
+    assert second == ("Training on cpu: 40 uses of the training pictures per epoch (pictures × repeats) and as many "
+                      "of the regularization pictures (3 × repeats), 2 epochs, 80 steps.")

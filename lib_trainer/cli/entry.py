@@ -63,6 +63,6 @@ def _fail(out: Output, args: argparse.Namespace, message: str, code: int,
     out.end_progress()
     out.warn(tr("error: {message}", message=message))
     if code == EXIT_USAGE and not out.json:
-        out.warn(tr("What it takes: {command}", command=command(None, args.command, "--help")))
+        out.warn(tr("All its options: {command}", command=command(None, args.command, "--help")))
     out.emit({"ok": False, "command": args.command, "error": message, "problems": problems or [], **(data or {})})
     return code

@@ -120,11 +120,15 @@ class TrainProgress:
         kind = event.get("event")
         if kind == "start":
             self.total, self.epochs = event.get("total_steps"), event.get("epochs")
-            out.say(tr("Training on {device}: {uses} picture uses per epoch (pictures × repeats), {epochs}, "
-                       "{steps} steps.", device=event.get("device", "?"), uses=event.get("images", "?"),
-                       epochs=epochs_text(self.epochs), steps=self.total or "?"))
-            if event.get("reg_images"):
-                out.say(tr("Regularization pictures: {uses} uses per epoch beside them.", uses=event["reg_images"]))
+            facts = dict(device=event.get("device", "?"), uses=event.get("images", "?"),
+                         epochs=epochs_text(self.epochs), steps=self.total or "?")
+            if event.get("reg_images"):  # drawn on to match the training pictures' uses, as sd-scripts does
+                out.say(tr("Training on {device}: {uses} uses of the training pictures per epoch (pictures × "
+                           "repeats) and as many of the regularization pictures ({reg} × repeats), {epochs}, "
+                           "{steps} steps.", reg=event["reg_images"], **facts))
+            else:
+                out.say(tr("Training on {device}: {uses} picture uses per epoch (pictures × repeats), {epochs}, "
+                           "{steps} steps.", **facts))
         elif kind == "step":
             line = self.line(event)
             now = time.monotonic()

@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=tr("what is learnt (default: person)"))
     p.add_argument("--vram", type=int, metavar="GB", help=tr("GPU memory tier: 6, 8, 12, 16 or 24 (default: 8)"))
     p.add_argument("--set", metavar="KEY=VALUE", action="append",
-                   help=tr("override a config key (sd-scripts names, e.g. network_dim=16), repeatable"))
+                   help=tr("override a config key (sd-scripts names, e.g. network_dim=16), repeatable; remembered "
+                           "for the version, KEY=null drops it again"))
     p.add_argument("--epochs", type=int, help=tr("number of epochs (max_train_epochs)"))
     p.add_argument("--resolution", type=parse_size, metavar="WxH",
                    help=tr("training resolution, with bucket limits to match"))
