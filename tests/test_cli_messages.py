@@ -266,3 +266,12 @@ def test_the_start_of_training_counts_picture_uses_not_pictures():
     assert first == "Training on cpu: 40 picture uses per epoch (pictures × repeats), 1 epoch, 20 steps."
     assert second == ("Training on cpu: 40 uses of the training pictures per epoch (pictures × repeats) and as many "
                       "of the regularization pictures (3 × repeats), 2 epochs, 80 steps.")
+
+
+def test_import_says_how_to_train_next(tmp_path, capsys):
+    ws = str(tmp_path / "ws")
+    assert cli_main(["new", PROJECT, "--workspace", ws]) == 0
+    capsys.readouterr()
+    assert cli_main(["import", PROJECT, str(draw(tmp_path / "pictures")), "--size", "64", "--workspace", ws]) == 0
+    hint = command_lines(capsys.readouterr().out)[-1]
+    assert shlex.split(hint)[3:] == ["train", f"{PROJECT}/v1", "--base", "MODEL", "--workspace", ws]

@@ -56,6 +56,13 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
     elif not args.no_preprocess:
         document.update(_preprocess(args, out, version))
         _say_if_uncaptioned(args, out, version)
+        if (version_settings(version).get("train") or {}).get("base_model"):
+            out.say(tr("Next: train it again with the same choices:\n  {command}",
+                       command=command(args, "train", version.key)))
+        else:
+            out.say(tr("Next: train it (MODEL: a checkpoint file, the name of one in --ckpt-dir, or \"embedded\" for "
+                       "the small model that comes with Train Tools):\n  {command}",
+                       command=command(args, "train", version.key, "--base", "MODEL")))
     out.emit(document)
     return code
 
