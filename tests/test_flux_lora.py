@@ -84,9 +84,8 @@ def test_a_fused_layer_s_change_is_exactly_its_pieces_stacked(tiny_network):
 
 def test_network_weights_read_our_file_and_sd_scripts_dense_files_back(tiny_network):
     transformer, state = tiny_network
-    rows = {fl.ours(name): int(m.out_features) for name, m in transformer.named_modules()
-            if isinstance(m, torch.nn.Linear)}
-    back = fl.from_kohya(fl.to_kohya(state, DEPTH, SINGLE), DEPTH, SINGLE, rank=4, row_sizes=rows)
+    rows = fl.row_sizes(transformer)
+    back = fl.from_kohya(fl.file_state(state, transformer, torch.float32), DEPTH, SINGLE, rank=4, row_sizes=rows)
     assert back.keys() == state.keys()
     assert all(torch.equal(back[k].float(), state[k].float()) for k in state)
 
@@ -131,6 +130,10 @@ def test_metadata_says_flux_dev_or_schnell_with_the_flow_matching_keys():
         "modelspec.architecture"] == "flux-1-schnell/lora"
     with pytest.raises(ValueError, match="unknown FLUX.1 variant"):
         fl.metadata("pro", {}, apply_t5_attn_mask=False, t5xxl_max_token_length=256)
+    sd = {"ss_network_dim": "4", "ss_v_parameterization": "False", "modelspec.prediction_type": "epsilon",
+          "ss_base_model_version": "sd_v1", "modelspec.architecture": "stable-diffusion-v1/lora"}
+    merged = fl.flux_metadata(sd, "dev", flow, apply_t5_attn_mask=True, t5xxl_max_token_length=512)
+    assert merged == {"ss_network_dim": "4", **meta}
 
 
 def test_diffusers_flux_load_lora_weights_applies_exactly_the_trained_change(tmp_path):

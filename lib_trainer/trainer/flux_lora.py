@@ -227,3 +227,29 @@ def metadata(variant: str, flow: dict, *, apply_t5_attn_mask: bool, t5xxl_max_to
 
 
 METADATA_KEYS_TO_DROP = ("modelspec.prediction_type", "ss_v_parameterization")
+
+
+def flux_metadata(base: dict[str, str], variant: str, flow: dict, *, apply_t5_attn_mask: bool,
+                  t5xxl_max_token_length: int) -> dict[str, str]:
+    """The trainer's SD metadata (metadata.build_metadata) made a FLUX.1 LoRA's: the FLUX.1 keys win, the
+    SD-only keys go."""
+    out = {k: v for k, v in base.items() if k not in METADATA_KEYS_TO_DROP}
+    out.update(metadata(variant, flow, apply_t5_attn_mask=apply_t5_attn_mask,
+                        t5xxl_max_token_length=t5xxl_max_token_length))
+    return out
+
+
+def row_sizes(transformer) -> dict[str, int]:
+    """The trainer's LoRA module name -> out_features of every Linear of a FluxTransformer2DModel: what
+    :func:`from_kohya` needs to split a single block's linear1 (q, k, v and the wider MLP input)."""
+    return {ours(name): int(module.out_features) for name, module in transformer.named_modules()
+            if isinstance(module, torch.nn.Linear)}
+
+
+def file_state(network_state: dict[str, torch.Tensor], transformer, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The tensors of a FLUX.1 LoRA file (kohya layout, ``dtype``, contiguous, on the CPU) from the network's
+    state (lycoris names on diffusers' modules)."""
+    cfg = transformer.config
+    kohya = to_kohya(network_state, cfg.num_layers, cfg.num_single_layers)
+    return {k: v.detach().to("cpu", dtype=dtype).contiguous() for k, v in kohya.items()}
+
