@@ -31,6 +31,8 @@ What is measured, and how:
   max_memory_allocated in the program's own process (a sitecustomize hook enabled by an environment variable
   writes it at exit) and ``peak_vram_reserved_mib`` the allocator's peak; ``peak_gpu_used_mib`` is nvidia-smi's
   memory.used above what it was before the launch (context included).
+* ``cpu_s``: the program's CPU time, user + system, over all its threads (wait4; with its waited-for children):
+  on a busy machine it moves far less than the wall times.
 * ``loss_mean`` (mean of the per-step losses), ``loadavg_1m`` before and after each run.
 * the output LoRA's tensor count and whether both sides wrote the same key names.
 
@@ -369,6 +371,7 @@ def run_monitored(argv: list[str], env: dict, cwd: Path, log_path: Path, gpu: bo
         "exit_code": proc.returncode, "t_launch": t_launch, "run_s": round(t_exit - t_launch, 3),
         "peak_rss_mib": round(monitor.peak_rss_kib / 1024, 1), "peak_pss_mib": round(monitor.peak_pss_kib / 1024, 1),
         "max_rss_mib": round(usage.ru_maxrss / 1024, 1), "processes": monitor.max_processes,
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "loadavg_1m_before": round(load_before, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }
     if monitor.gpu:
@@ -553,7 +556,7 @@ def _tail(path: Path, chars: int = 600) -> str:
 RATIO_FIELDS = {
     "s_per_step": "s_per_step_median", "peak_rss": "peak_rss_mib", "peak_pss": "peak_pss_mib",
     "max_rss": "max_rss_mib", "first_step": "first_step_s", "run": "run_s", "peak_vram": "peak_vram_mib",
-    "peak_gpu_used": "peak_gpu_used_mib",
+    "peak_gpu_used": "peak_gpu_used_mib", "cpu": "cpu_s",
 }
 
 
@@ -577,8 +580,8 @@ def summarize(pairs: list[dict]) -> dict:
         rows = [p[side] for p in pairs if not p[side].get("error")]
         summary[side] = {
             key: round(statistics.median(r[key] for r in rows), 4)
-            for key in ("s_per_step_median", "first_step_s", "run_s", "peak_rss_mib", "peak_pss_mib", "max_rss_mib",
-                        "peak_vram_mib", "loss_mean")
+            for key in ("s_per_step_median", "first_step_s", "run_s", "cpu_s", "peak_rss_mib", "peak_pss_mib",
+                        "max_rss_mib", "peak_vram_mib", "loss_mean")
             if rows and all(isinstance(r.get(key), (int, float)) for r in rows)
         }
     return summary
