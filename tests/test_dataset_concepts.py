@@ -5,7 +5,7 @@ from lib_trainer.common import i18n
 from lib_trainer.dataset.captions.caption_set import CaptionSet
 from lib_trainer.dataset.captions.sidecar import caption_path
 from lib_trainer.dataset.concepts import (
-    MAX_REPEATS, REPEAT_GUIDE, ConceptError, create_concept, find_concept, list_concepts, rename_concept,
+    DEFAULT_EPOCHS, MAX_REPEATS, PICTURE_USE_BUDGET, ConceptError, create_concept, find_concept, list_concepts, rename_concept,
     set_repeats, suggest_repeats, validate_concept_name, validate_repeats,
 )
 from lib_trainer.trainer.folders import scan_dataset
@@ -98,43 +98,60 @@ def test_rename_and_repeats_move_the_folder_and_keep_undo(dataset):
     assert [c.folder_name for c in list_concepts(dataset)] == ["2_Cat", "25_柴犬"]
 
 
-def test_suggest_repeats_follows_the_seeds_guidance():
-    # anime characters 15–30 and real persons 50–100 uses of each picture per epoch; few pictures → the top
-    assert suggest_repeats(5, "anime character")[0] == 30
-    assert suggest_repeats(10, "character")[0] == 30
-    assert suggest_repeats(100, "anime character")[0] == 15
-    assert suggest_repeats(400, "anime character")[0] == 15
-    assert suggest_repeats(8, "real person")[0] == 100
-    assert suggest_repeats(150, "person")[0] == 50
-    previous = None
-    for n in range(1, 200):
-        for preset, (low, high) in (("character", REPEAT_GUIDE["character"]), ("person", REPEAT_GUIDE["person"]),
-                                    ("style", REPEAT_GUIDE["style"]), ("product", REPEAT_GUIDE["product"])):
-            repeats, _ = suggest_repeats(n, preset)
-            assert low <= repeats <= high
-        repeats = suggest_repeats(n, "character")[0]
-        assert previous is None or repeats <= previous  # more pictures never need more repeats
-        previous = repeats
-    assert suggest_repeats(20, "style")[0] < suggest_repeats(20, "product")[0] < suggest_repeats(20, "person")[0]
-    assert suggest_repeats(20, None)[0] == suggest_repeats(20, "something else")[0]
+def test_suggest_repeats_spends_the_kinds_budget_over_the_epochs():
+    # The budgets: kohya_ss' face preset 20 × 20 × 10, its AI_characters preset 20 × 3 × 50, sd-scripts' 1,600
+    # steps at batch 1, lora-scripts' 20 × 5 × 10.
+    assert PICTURE_USE_BUDGET == {"person": 4000, "character": 3000, "product": 3000, "general": 1600, "style": 1000}
+    assert DEFAULT_EPOCHS == 10
+    for kind, budget in PICTURE_USE_BUDGET.items():
+        for n in range(1, 300):
+            for epochs in (1, 5, 10, 12):
+                repeats, _ = suggest_repeats(n, kind, epochs=epochs)
+                assert repeats == max(1, min(MAX_REPEATS, budget // (n * epochs)))  # the most within it, ≥ 1
+    assert suggest_repeats(20, "anime character")[0] == 3000 // (20 * 10)  # free text: 10 epochs
+    assert suggest_repeats(20, None)[0] == suggest_repeats(20, "something else")[0] == 1600 // (20 * 10)
 
-    repeats, why = suggest_repeats(20, "anime character")
-    assert repeats == 25
-    assert "15–30" in why and "20 × 25 = 500" in why and "500 steps at batch size 1" in why
+    repeats, why = suggest_repeats(20, "something else", 1, 10)  # the issue's worked example
+    assert repeats == 8
+    assert ("a budget of 1,600 picture uses per run" in why
+            and "20 pictures × 8 repeats × 10 epochs = 1,600 picture uses, 1,600 steps at batch 1." in why)
+    assert "over the budget" not in why
+    repeats, why = suggest_repeats(300, "style", 1, 12)  # 300 × 1 × 12 = 3,600 > 1,000
+    assert repeats == 1 and "= 3,600 picture uses" in why and "over the budget" in why
+
+
+def test_the_presets_epochs_are_the_default():
+    from lib_trainer.presets import PRESET_VALUES
+
+    for preset, values in PRESET_VALUES.items():
+        epochs = values["max_train_epochs"]
+        repeats, why = suggest_repeats(20, preset)
+        assert repeats == PICTURE_USE_BUDGET[preset] // (20 * epochs) and f"× {epochs} epochs =" in why
+
+
+def test_the_person_preset_with_20_pictures_stays_within_its_budget():
+    # It gave 50–100 repeats × 10 epochs before: 20 × 85 × 10 = 17,000 picture uses.
+    repeats, why = suggest_repeats(20, "person", 1, 10)
+    assert repeats == 20 and 20 * repeats * 10 == 4000 <= PICTURE_USE_BUDGET["person"]
+    assert "20 pictures × 20 repeats × 10 epochs = 4,000 picture uses, 4,000 steps at batch 1." in why
+    for batch in (1, 2, 4, 6):
+        repeats, why = suggest_repeats(20, "person", batch, 10)
+        assert 20 * repeats * 10 <= 4000 and f"{-(-20 * repeats // batch) * 10:,} steps at batch {batch}." in why
 
 
 def test_batch_size_fills_the_last_batch():
-    repeats, why = suggest_repeats(7, "character", batch_size=4)
-    assert repeats == 28 and 7 * 28 % 4 == 0  # 30 → nearest in range filling every batch
-    assert "49 steps at batch size 4" in why
+    repeats, why = suggest_repeats(7, "character", 4, 10)
+    assert repeats == 40 and 7 * 40 % 4 == 0  # 3,000 // 70 = 42 → 40, the nearest below that fills every batch
+    assert "7 pictures × 40 repeats × 10 epochs = 2,800 picture uses, 700 steps at batch 4." in why
     for n in range(1, 60):
         for batch in (2, 3, 4, 8):
-            repeats, _ = suggest_repeats(n, "character", batch_size=batch)
-            assert 15 <= repeats <= 30
-            assert (n * repeats) % batch == 0 or not any((n * r) % batch == 0 for r in range(15, 31))
-    repeats, why = suggest_repeats(0, "person")
-    assert repeats == 100 and "no pictures" in why
-    for bad in ((-1, "person", 1), (5, "person", 0), (2.5, "person", 1)):
+            repeats, _ = suggest_repeats(n, "character", batch, 10)
+            most = max(1, 3000 // (n * 10))
+            filling = [r for r in range(max(1, most - most // 4), most + 1) if (n * r) % batch == 0]
+            assert repeats == (max(filling) if filling else most)  # lowered by at most a quarter to fill batches
+    repeats, why = suggest_repeats(0, "person", 1, 10)
+    assert repeats == 4000 // (20 * 10) and "no pictures" in why and "for 20 pictures and 10 epochs" in why
+    for bad in ((-1, "person", 1), (5, "person", 0), (2.5, "person", 1), (5, "person", 1, 0), (5, "person", 1, 2.0)):
         with pytest.raises(ConceptError):
             suggest_repeats(*bad)
 
@@ -142,9 +159,9 @@ def test_batch_size_fills_the_last_batch():
 def test_explanation_is_translated():
     try:
         i18n.set_language("zh_CN")
-        repeats, why = suggest_repeats(20, "anime character")
-        assert repeats == 25 and "20 × 25 = 500" in why
-        assert why.startswith(i18n.tr("Anime character") + "：") and "重复次数 15–30" in why
+        repeats, why = suggest_repeats(20, "anime character", 1, 10)
+        assert repeats == 15 and "20 张图片 × 15 次重复 × 10 轮 = 3,000 次图片使用" in why
+        assert why.startswith(i18n.tr("Anime character") + "：") and "预算为 3,000 次图片使用" in why
     finally:
         i18n.set_language(None)
 

@@ -1,4 +1,5 @@
 """The dataset panel's callbacks: upload (with a broken file named), folder import, report, preprocess, repeats."""
+from lib_trainer import presets
 from lib_trainer.ui import compat, dataset_panel
 from tests.ui_support import broken_file, make_context, pictures, value
 
@@ -65,9 +66,12 @@ def test_repeats_suggestion_and_changing_the_repeats_of_the_concept(tmp_path):
     version = new_version(ctx)
     dataset_panel.on_import(ctx, "dog", "v1", [str(p) for p in pictures(tmp_path / "up", 3)], "")
     repeats, why = dataset_panel.on_suggest_repeats(ctx, "dog", "v1", "person")
-    assert 50 <= repeats <= 100 and "3 pictures" in why
+    assert repeats == 4000 // (3 * 10)  # the person's budget over the preset's 10 epochs
+    assert "3 pictures × 133 repeats × 10 epochs = 3,990 picture uses, 3,990 steps at batch 1." in why
     repeats_char, _ = dataset_panel.on_suggest_repeats(ctx, "dog", "v1", "character")
-    assert 15 <= repeats_char <= 30
+    assert repeats_char == 3000 // (3 * 10)
+    repeats_style, why = dataset_panel.on_suggest_repeats(ctx, "dog", "v1", presets.preset_label("style"))
+    assert repeats_style == 1000 // (3 * 12) and "× 12 epochs" in why  # a label works too
     message = dataset_panel.on_apply_repeats(ctx, "dog", "v1", "dog", 5)
     assert "Preprocess" in message  # no concept folder yet
     dataset_panel.on_preprocess(ctx, "dog", "v1", 64, 64, "center", False, False, None, "dog", 10)
@@ -114,17 +118,31 @@ def test_the_repeats_shown_after_an_import_are_a_suggestion_until_applied(tmp_pa
     ctx = make_context(tmp_path)
     new_version(ctx)
     dataset_panel.on_import(ctx, "dog", "v1", [str(p) for p in pictures(tmp_path / "up", 4)], "")
-    suggested, hint = dataset_panel.repeats_hint(ctx, ctx.version("dog", "v1"))
-    assert suggested == 30 and "Suggested for 4 pictures: 30 repeats" in hint
-    assert "Not in use yet" in hint and "4 pictures → 30 repeats" not in hint
+    suggested, hint = dataset_panel.repeats_hint(ctx, ctx.version("dog", "v1"))  # the default preset: character
+    assert suggested == 3000 // (4 * 10) == 75 and "4 pictures × 75 repeats × 10 epochs = 3,000 picture uses" in hint
+    assert "Not in use yet" in hint
     dataset_panel.on_preprocess(ctx, "dog", "v1", 64, 64, "center", False, False, None, "dog", 10)
     hint = dataset_panel.on_refresh(ctx, "dog", "v1")[9]
     assert "A suggestion only: the training pictures (10_dog) use 10 repeats" in hint
-    assert "now has 30 repeats (30_dog)" in dataset_panel.on_apply_repeats(ctx, "dog", "v1", "dog", 30)
+    assert "now has 75 repeats (75_dog)" in dataset_panel.on_apply_repeats(ctx, "dog", "v1", "dog", 75)
     hint = dataset_panel.repeats_hint(ctx, ctx.version("dog", "v1"))[1]
-    assert "In use: the training pictures (30_dog) have these 30 repeats." in hint
-    again = dataset_panel.on_apply_repeats(ctx, "dog", "v1", "dog", 30)  # said only when it changes
-    assert "already has 30 repeats (30_dog); nothing changed." in again and "now has" not in again
+    assert "In use: the training pictures (75_dog) have these 75 repeats." in hint
+    again = dataset_panel.on_apply_repeats(ctx, "dog", "v1", "dog", 75)  # said only when it changes
+    assert "already has 75 repeats (75_dog); nothing changed." in again and "now has" not in again
+
+
+def test_the_repeats_follow_the_epochs_and_batch_of_the_saved_train_form(tmp_path):
+    from lib_trainer.ui import version_settings
+
+    ctx = make_context(tmp_path)
+    version = new_version(ctx)
+    dataset_panel.on_import(ctx, "dog", "v1", [str(p) for p in pictures(tmp_path / "up", 4)], "")
+    version_settings.put(version, train={"preset": "person", "fields": {"max_train_epochs": 5, "train_batch_size": 2}})
+    suggested, hint = dataset_panel.repeats_hint(ctx, ctx.version("dog", "v1"))
+    assert suggested == 4000 // (4 * 5) == 200
+    assert "4 pictures × 200 repeats × 5 epochs = 4,000 picture uses, 2,000 steps at batch 2." in hint
+    suggested, hint = dataset_panel.repeats_hint(ctx, ctx.version("dog", "v1"), "style")  # another preset: its epochs
+    assert suggested == 1000 // (4 * 12) == 20 and "4 pictures × 20 repeats × 12 epochs = 960 picture uses" in hint
 
 
 def test_an_import_message_belongs_to_the_pictures_it_told_of(tmp_path):

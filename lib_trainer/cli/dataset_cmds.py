@@ -84,7 +84,8 @@ def _preprocess(args: argparse.Namespace, out: Output, version) -> Dict[str, Any
     elif previous is not None:
         repeats, why = previous.repeats, ""
     else:
-        repeats, why = concepts.suggest_repeats(pictures, preset)
+        repeats, why = concepts.suggest_repeats(pictures, preset, epochs=(
+            (version_settings(version).get("train") or {}).get("overrides") or {}).get("max_train_epochs"))
     width, height = args.size or tuple(saved.get("size") or (512, 512))
     options = preprocess.PreprocessOptions(width=width, height=height, crop=args.crop or saved.get("crop", "center"),
                                            flip=bool(args.flip if args.flip is not None else saved.get("flip", False)),

@@ -12,22 +12,22 @@ Standard library only: this runs inside the WebUI process.
 """
 from __future__ import annotations
 
-import math
 import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from lib_trainer.dataset.captions.journal import caption_lock, journal_path_for, relocate_journal
 from lib_trainer.dataset.captions.sidecar import list_pictures
 from lib_trainer.dataset.captions.suggestions import preset_kind
 from lib_trainer.common.i18n import tr
+from lib_trainer.presets import PRESET_VALUES
 from lib_trainer.common.names import InvalidName, validate_name
 from lib_trainer.trainer.folders import parse_folder_name
 
 __all__ = [
-    "TRAIN_DIR", "REG_DIR", "MAX_REPEATS", "REPEAT_GUIDE", "ConceptError", "Concept",
+    "TRAIN_DIR", "REG_DIR", "MAX_REPEATS", "PICTURE_USE_BUDGET", "DEFAULT_EPOCHS", "ConceptError", "Concept",
     "validate_concept_name", "validate_repeats", "concept_folder_name", "concepts_root", "list_concepts",
     "find_concept", "create_concept", "rename_concept", "set_repeats", "suggest_repeats", "repeats_in_use",
 ]
@@ -185,18 +185,38 @@ def regularization_folder(dataset_dir: PathLike, class_name: str, repeats: objec
 
 
 # ---- how many repeats -------------------------------------------------------------------------------------------
-#: Repeats (uses of each picture per epoch) for each kind of subject: (with many pictures, with few pictures).
-#: The seeds' guidance: anime characters 15–30, real persons 50–100. Styles learn from many varied pictures and
-#: overfit quickly on repeats, so they get few; products, like characters, need one exact look.
-REPEAT_GUIDE = {
-    "character": (15, 30),
-    "person": (50, 100),
-    "style": (3, 10),
-    "product": (10, 25),
-    "general": (10, 20),
+#: Picture uses per run (pictures × repeats × epochs) for each kind of subject: what the tools people start from
+#: add up to with their own defaults for a usual dataset of 20 pictures (seed 001 line 122: "上传20~30张照片"; seed
+#: 003 line 818: "一般可以准备 20-50 张图"). The seeds' own repeats (seed 003 lines 1023–1027: "一般二次元可以
+#: 15-30，三次元可以 50-100", with "max_train_epoches … 一般可以设为 5-10", lines 1078–1080) give a real person
+#: 20 × 50–100 × 5–10 = 5,000–20,000 uses, several times any anchor below; seed 001 lines 284–286 says what to do
+#: instead: more repeats when the LoRA does not look like the person, fewer when it overfits.
+PICTURE_USE_BUDGET: Dict[str, int] = {
+    # kohya_ss presets/lora/"SDXL - LoRA face dogu_cat v1.0.json": "Good for faces. Use 20 1024x1024 cropped
+    # images, 20 repeats" (training_comment, line 85), "epoch": 10 (line 25), "train_batch_size": 1 (line 83):
+    # 20 × 20 × 10 = 4,000.
+    "person": 4000,
+    # kohya_ss presets/lora/"SDXL - LoRA AI_characters standard v1.1.json": "3 repeats" (training_comment, line
+    # 85) × "epoch": 50 (line 25) = 150 uses of each picture, 3,000 for 20 pictures; inside seed 003's anime range
+    # for 20 pictures (15–30 repeats × 5–10 epochs = 1,500–6,000).
+    "character": 3000,
+    # Products, like characters, must keep one exact look (shape, logo); no anchor has a product preset, so they
+    # get the character's budget.
+    "product": 3000,
+    # kohya sd-scripts: --max_train_steps defaults to 1600 (library/train_util.py:3952, at batch 1), and its docs'
+    # example dataset is num_repeats = 10 at batch_size = 4 (docs/train_README-ja.md:115, 120) trained with
+    # --max_train_steps=400 (docs/train_network_README-ja.md:68): 400 × 4 = 1,600 uses.
+    "general": 1600,
+    # Akegarasu/lora-scripts: batch_size=1, max_train_epoches=10 (train.sh:20–21) and 5 repeats for 11–50
+    # pictures (suggest_num_repeat, mikazuki/utils/train_utils.py:214–221): 20 × 5 × 10 = 1,000, the smallest of
+    # the anchors; a style learns from many varied pictures, not from seeing the same ones again.
+    "style": 1000,
 }
-FEW_PICTURES = 10
-MANY_PICTURES = 100
+#: Epochs when neither the caller nor the preset (``presets.PRESET_VALUES``) says: lora-scripts' max_train_epoches=10
+#: (train.sh:21; its GUI's default 10, mikazuki/schema/lora-basic.ts:19), the top of seed 003's "5-10" (line 1080).
+DEFAULT_EPOCHS = 10
+#: The repeats shown before there are pictures are for this many: the seeds' usual dataset (see above).
+TYPICAL_PICTURES = 20
 _KIND_LABELS = {
     "character": "Anime character",
     "person": "Real person",
@@ -206,47 +226,59 @@ _KIND_LABELS = {
 }
 
 
-def suggest_repeats(n_pictures: int, preset: Optional[str], batch_size: int = 1) -> Tuple[int, str]:
-    """Repeats for a concept folder of ``n_pictures`` pictures trained with ``preset``, and why (translated).
+def _whole(value: object, least: int, message: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConceptError(message)
+    return value
 
-    The rule: each kind of subject has a range of uses per picture per epoch (:data:`REPEAT_GUIDE`; anime
-    characters 15–30, real persons 50–100). Few pictures (``FEW_PICTURES`` = 10 or less) take the top of the
-    range, many (``MANY_PICTURES`` = 100 or more) the bottom, in between it falls with the logarithm of the count,
-    so that the number of picture uses per epoch still grows with the dataset but more slowly than it.
-    The batch size does not change how often a picture should be seen; it only divides the number of steps per
-    epoch (told in the explanation), and the repeats are nudged, within the range, so that an epoch ends on a
-    full batch when that is possible.
+
+def _budget_repeats(n_pictures: int, budget: int, epochs: int, batch_size: int) -> int:
+    """The most repeats whose picture uses stay within ``budget`` (at least 1), lowered by at most a quarter to the
+    nearest that ends every epoch on a full batch, when there is one."""
+    repeats = max(1, min(MAX_REPEATS, budget // (n_pictures * epochs)))
+    if batch_size > 1:
+        for fewer in range(repeats, max(1, repeats - repeats // 4) - 1, -1):
+            if (n_pictures * fewer) % batch_size == 0:
+                return fewer
+    return repeats
+
+
+def suggest_repeats(n_pictures: int, preset: Optional[str], batch_size: int = 1,
+                    epochs: Optional[int] = None) -> Tuple[int, str]:
+    """Repeats for a concept folder of ``n_pictures`` pictures trained ``epochs`` epochs (default: the preset's)
+    with ``preset``, and why (translated).
+
+    Each kind of subject has a budget of picture uses per run (:data:`PICTURE_USE_BUDGET`: pictures × repeats ×
+    epochs); the repeats are the most that stay within it, spread over all the epochs so that every epoch still
+    leaves a checkpoint to compare. More pictures get fewer repeats, never fewer than 1 (then a large dataset goes
+    over the budget, and the sentence says so). With a batch size above 1 the repeats may be lowered a little so
+    that each epoch ends on a full batch; the steps are ``ceil(pictures × repeats / batch)`` per epoch.
     """
-    if isinstance(n_pictures, bool) or not isinstance(n_pictures, int) or n_pictures < 0:
-        raise ConceptError(tr("The number of pictures must be a whole number, 0 or more."))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConceptError(tr("The batch size must be a whole number, 1 or more."))
+    _whole(n_pictures, 0, tr("The number of pictures must be a whole number, 0 or more."))
+    _whole(batch_size, 1, tr("The batch size must be a whole number, 1 or more."))
+    if epochs is None:
+        epochs = int(PRESET_VALUES.get(preset or "", {}).get("max_train_epochs") or DEFAULT_EPOCHS)
+    _whole(epochs, 1, tr("The number of epochs must be a whole number, 1 or more."))
     kind = preset_kind(preset)
-    low, high = REPEAT_GUIDE[kind]
+    budget = PICTURE_USE_BUDGET[kind]
     kind_label = tr(_KIND_LABELS[kind])
     if n_pictures == 0:
-        return high, tr("{kind}: {low}–{high} repeats (uses of each picture per epoch). There are no pictures "
-                        "yet; with few pictures use the top of the range.", kind=kind_label, low=low, high=high)
-    if n_pictures <= FEW_PICTURES:
-        t = 0.0
-    elif n_pictures >= MANY_PICTURES:
-        t = 1.0
-    else:
-        t = math.log(n_pictures / FEW_PICTURES) / math.log(MANY_PICTURES / FEW_PICTURES)
-    repeats = int(round(high - t * (high - low)))
-    if batch_size > 1 and (n_pictures * repeats) % batch_size:
-        # The nearest repeats in the range that fill the last batch (smaller first on a tie).
-        candidates = [r for r in range(low, high + 1) if (n_pictures * r) % batch_size == 0]
-        if candidates:
-            repeats = min(candidates, key=lambda r: (abs(r - repeats), r))
-    uses = n_pictures * repeats
-    steps = -(-uses // batch_size)
-    return repeats, tr(
-        "{kind}: {low}–{high} repeats (uses of each picture per epoch); fewer pictures need more repeats. "
-        "Suggested for {n} pictures: {repeats} repeats, so that one epoch is {n} × {repeats} = {uses} picture "
-        "uses, {steps} steps at batch size {batch}.",
-        kind=kind_label, low=low, high=high, n=n_pictures, repeats=repeats, uses=uses, steps=steps,
-        batch=batch_size)
+        repeats = _budget_repeats(TYPICAL_PICTURES, budget, epochs, batch_size)
+        return repeats, tr("{kind}: a budget of {budget} picture uses per run (pictures × repeats × epochs). There "
+                           "are no pictures yet; for {n} pictures and {epochs} epochs that is {repeats} repeats.",
+                           kind=kind_label, budget=f"{budget:,}", n=TYPICAL_PICTURES, epochs=epochs,
+                           repeats=repeats)
+    repeats = _budget_repeats(n_pictures, budget, epochs, batch_size)
+    uses = n_pictures * repeats * epochs
+    steps = -(-(n_pictures * repeats) // batch_size) * epochs
+    why = tr("{kind}: a budget of {budget} picture uses per run (pictures × repeats × epochs), spread over the "
+             "{epochs} epochs so that every epoch leaves a checkpoint to compare. {n} pictures × {repeats} repeats "
+             "× {epochs} epochs = {uses} picture uses, {steps} steps at batch {batch}.",
+             kind=kind_label, budget=f"{budget:,}", n=n_pictures, repeats=repeats, epochs=epochs, uses=f"{uses:,}",
+             steps=f"{steps:,}", batch=batch_size)
+    if uses > budget:
+        why += " " + tr("With this many pictures even 1 repeat goes over the budget; fewer epochs would keep it.")
+    return repeats, why
 
 
 def repeats_in_use(suggested: int, concept: Optional[Concept]) -> str:

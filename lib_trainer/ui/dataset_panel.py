@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import gradio as gr
 
+from lib_trainer import presets
 from lib_trainer.common.i18n import current_language, tr
 from lib_trainer.projects import Version
 from lib_trainer.ui import compat, messages, version_settings
@@ -149,14 +150,23 @@ def repeats_hint(ctx: UIContext, version: Optional[Version], preset: Optional[st
 
     train = version_settings.get(version, "train", {}) or {}
     preset = preset or train.get("preset") or ctx.settings.default_preset
-    try:
-        batch = max(1, int(train.get("train_batch_size") or 1))
-    except (TypeError, ValueError):
-        batch = 1
-    suggested, why = suggest_repeats(source_count(version), preset, batch)
+    preset = next((p for p in presets.PRESETS if preset in (p, presets.preset_label(p))), preset)  # a label too
+    fields = dict(train.get("fields") or {})  # the Train form as last saved, for the preset saved with it
+    epochs = _whole(fields.get("max_train_epochs")) if preset == train.get("preset") else None  # None: the preset's
+    batch = _whole(fields.get("train_batch_size", train.get("train_batch_size"))) or 1
+    suggested, why = suggest_repeats(source_count(version), preset, batch, epochs)
     if version is None:
         return suggested, why
     return suggested, why + "\n\n" + repeats_in_use(suggested, training_concept(version))
+
+
+def _whole(value: Any) -> Optional[int]:
+    """``value`` as a whole number of 1 or more, else None."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 1 else None
 
 
 def training_concept(version: Version, name: Optional[str] = None) -> Any:
