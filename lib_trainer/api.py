@@ -11,6 +11,12 @@ Every name is validated and every path checked to lie inside the workspace.
     POST /train_tools/v1/jobs/stop  {project, version}                 -> {project, version, result}
     GET  /train_tools/v1/jobs                              -> [job]
     GET  /train_tools/v1/status?project=&version=&events=20 -> version state + job + position + last events
+    POST /train_tools/v1/previews       {project, version, checkpoints=null}  -> the preview task (drawing)
+    POST /train_tools/v1/previews/stop  {project, version}                 -> {project, version, result}
+    GET  /train_tools/v1/previews?project=&version=        -> the preview task, or {running: false} when none
+
+A preview started here is one of the process's preview tasks, like the tab's and the one drawn after training:
+it replaces one being drawn, the tab shows it and can stop it (and this API stops theirs).
 
 Errors answer ``{"detail": message}``: 400 bad name or path outside the workspace, 401 no valid credentials,
 404 no such project/version, 409 busy or not possible now. Pydantic models stay within what pydantic 1 and 2
@@ -30,6 +36,8 @@ from lib_trainer.common.i18n import tr
 from lib_trainer.jobs.runner import JobRunner
 from lib_trainer.jobs.store import JobError
 from lib_trainer.common.names import InvalidName, validate_name
+from lib_trainer.preview.cells import PreviewError, resolve_checkpoints
+from lib_trainer.preview.tasks import PreviewTasks, read_record
 from lib_trainer.projects import Busy, NotFound, Project, ProjectError, Version, Workspace
 
 PREFIX = "/train_tools/v1"
@@ -48,11 +56,45 @@ class StopJobBody(BaseModel):
     version: str = Field(..., description="Version name")
 
 
+class PreviewRequest(BaseModel):
+    project: str = Field(..., description="Project name")
+    version: str = Field(..., description="Version name")
+    checkpoints: Optional[List[str]] = Field(None, description="Checkpoint names to draw (default: every one); "
+                                             "the grid still shows them all")
+
+
+class StopPreviewBody(BaseModel):
+    project: str = Field(..., description="Project name")
+    version: str = Field(..., description="Version name")
+
+
 def parse_api_auth(value: Optional[str]) -> Optional[List[str]]:
     """The WebUI's ``--api-auth`` text ("user:pass,user2:pass2") as a list of "user:pass"; None when unset."""
     if not value or not value.strip():
         return None
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def credentials_from(api_auth: Optional[str], gradio_auth: Optional[str] = None,
+                     gradio_auth_path: Optional[str] = None) -> Optional[List[str]]:
+    """The credentials the API asks for: the WebUI's ``--api-auth``, else those of its page (``--gradio-auth`` and
+    the lines of the ``--gradio-auth-path`` file, read as the WebUI reads them: comma-separated "user:pass" per
+    line); None when none is set. An auth file that cannot be read locks the API (no credential can match)
+    rather than leaving it open."""
+    given = parse_api_auth(api_auth)
+    if given is not None:
+        return given
+    found = list(parse_api_auth(gradio_auth) or [])
+    if gradio_auth_path:
+        try:
+            with open(gradio_auth_path, encoding="utf-8") as fh:
+                for line in fh:
+                    found.extend(parse_api_auth(line) or [])
+        except OSError:
+            return []
+        if not found:
+            return []
+    return found or None
 
 
 def _basic_auth(credentials: Optional[Sequence[str]]) -> Callable[[Request], None]:
@@ -93,9 +135,10 @@ def _answer(call: Callable[[], T]) -> T:
 
 
 def mount_api(app: FastAPI, runner: JobRunner, workspace: Workspace,
-              credentials: Optional[Sequence[str]] = None) -> APIRouter:
-    """Add the Train Tools routes to ``app``. ``credentials``: "user:pass" entries (see :func:`parse_api_auth`);
-    None means no authentication (the WebUI runs without ``--api-auth``)."""
+              credentials: Optional[Sequence[str]] = None, previews: Optional[PreviewTasks] = None) -> APIRouter:
+    """Add the Train Tools routes to ``app``. ``credentials``: "user:pass" entries (see :func:`credentials_from`);
+    None means no authentication (the WebUI runs without ``--api-auth``). ``previews``: the process's preview
+    tasks (the tab's); without them the preview routes answer 409."""
     router = APIRouter(prefix=PREFIX, tags=["Train Tools"], dependencies=[Depends(_basic_auth(credentials))])
 
     def find_project(name: str) -> Project:
@@ -161,8 +204,56 @@ def mount_api(app: FastAPI, runner: JobRunner, workspace: Workspace,
             return runner.status(v.project.name, v.name, events=events)
         return _answer(status)
 
+    def preview_tasks() -> PreviewTasks:
+        if previews is None:
+            raise JobError(tr("This process draws no previews."))
+        return previews
+
+    def preview_state(v: Version) -> Dict[str, Any]:
+        task = preview_tasks().get(v)
+        record = read_record(v)
+        state: Dict[str, Any] = {"project": v.project.name, "version": v.name, "status": preview_tasks().describe(v)}
+        if task is not None:
+            state.update(running=task.running, origin=task.origin, done=task.done, total=task.total,
+                         error=task.error, interrupted=bool(task.result and task.result.interrupted))
+        elif record is not None:  # drawn by another process on this workspace
+            state.update(running=True, origin=record.get("origin"), done=record.get("done"),
+                         total=record.get("total"), error=None, interrupted=False)
+        else:
+            state["running"] = False
+        return state
+
+    @router.post("/previews")
+    def post_preview(request: PreviewRequest):
+        def start() -> Dict[str, Any]:
+            v = find_version(request.project, request.version)
+            if v.busy:
+                raise JobError(tr("This version is training; preview it when training has ended."))
+            try:
+                if not v.checkpoints():
+                    raise PreviewError(tr("There are no checkpoints yet: train first."))
+                resolve_checkpoints(v, request.checkpoints)  # an unknown name is refused here, not in the thread
+                preview_tasks().start(v, request.checkpoints, origin="api", replace=True)
+            except PreviewError as exc:
+                raise JobError(str(exc)) from None
+            return preview_state(v)
+        return _answer(start)
+
+    @router.post("/previews/stop")
+    def post_preview_stop(request: StopPreviewBody):
+        def stop() -> Dict[str, Any]:
+            v = find_version(request.project, request.version)
+            stopped = preview_tasks().stop(v)
+            return {"project": v.project.name, "version": v.name, "result": "stopping" if stopped else "idle"}
+        return _answer(stop)
+
+    @router.get("/previews")
+    def get_preview(project: str = Query(...), version_name: str = Query(..., alias="version")):
+        return _answer(lambda: preview_state(find_version(project, version_name)))
+
     app.include_router(router)
     return router
 
 
-__all__ = ["mount_api", "parse_api_auth", "JobRequest", "StopJobBody", "PREFIX"]
+__all__ = ["mount_api", "parse_api_auth", "credentials_from", "JobRequest", "StopJobBody", "PreviewRequest",
+           "StopPreviewBody", "PREFIX"]

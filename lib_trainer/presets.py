@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -77,18 +78,34 @@ def default_resolution(arch: str) -> int:
     return {"sdxl": 1024, "sd2-v": 768}.get(arch, 512)
 
 
-def preset_values(preset: str, vram_gb: int, arch: str) -> Dict[str, Any]:
-    """The config values a preset and a VRAM tier choose for an architecture (no paths)."""
+def bucket_limits(resolution: str, step: int = 64) -> Tuple[int, int]:
+    """(min_bucket_reso, max_bucket_reso) that follow a resolution: half its shorter side (at least one bucket
+    step), twice its longer side — sd-scripts' usual 256/1024 at 512 px."""
+    w, h = schema.parse_resolution(resolution)
+    low = max(step, (min(w, h) // 2) // step * step)
+    return low, max(w, h) * 2
+
+
+def preset_values(preset: str, vram_gb: int, arch: str, *, cuda: Optional[bool] = None,
+                  native_resolution: Optional[int] = None) -> Dict[str, Any]:
+    """The config values a preset and a VRAM tier choose for an architecture on this machine (no paths).
+
+    ``native_resolution`` is the base model's own size when it is not the architecture's (a small demo model
+    trains at its own 64 px, not at 512). Without an NVIDIA GPU (``cuda`` False, or None and none found) there is
+    no 8-bit optimizer and no mixed precision: both need one. The bucket limits are not set: they follow the
+    resolution (:func:`bucket_limits`) unless the person sets them."""
     if preset not in PRESET_VALUES:
         raise ConfigError(tr("Unknown preset \"{preset}\"; choose one of: {presets}.", preset=preset,
                              presets=", ".join(PRESETS)))
     tier = max([t for t in VRAM_TIERS if t <= vram_gb] or [VRAM_TIERS[0]])
     family = "sdxl" if arch == "sdxl" else "sd"
-    res = default_resolution(arch)
+    res = native_resolution or default_resolution(arch)
     values = dict(COMMON_VALUES)
     values.update(PRESET_VALUES[preset])
-    values.update(resolution=f"{res},{res}", min_bucket_reso=res // 2, max_bucket_reso=res * 2)
+    values.update(resolution=f"{res},{res}")
     values.update(TIER_VALUES[(family, tier)])
+    if native_resolution:
+        values["resolution"] = f"{res},{res}"  # a tier's lower resolution is for full-size models
     if family == "sdxl":
         values.pop("clip_skip", None)  # SDXL always uses the penultimate layer
         values["unet_lr"] = values["unet_lr"] * 0.5
@@ -96,9 +113,10 @@ def preset_values(preset: str, vram_gb: int, arch: str) -> Dict[str, Any]:
         values["no_half_vae"] = True  # SDXL's VAE overflows in fp16
     if arch == "sd2-v":
         values["v_parameterization"] = True
-    low = int(values["resolution"].split(",")[0])
-    values["min_bucket_reso"] = min(values["min_bucket_reso"], low // 2)
-    values["max_bucket_reso"] = max(values["max_bucket_reso"], low)
+    if not (cuda_available() if cuda is None else cuda):
+        if values.get("optimizer_type") == "AdamW8bit":
+            values["optimizer_type"] = "AdamW"
+        values["mixed_precision"] = "no"
     return values
 
 
@@ -122,15 +140,15 @@ class VersionPaths:
 
 def build_config(paths: VersionPaths, base_model: str, arch: str, preset: str, vram_gb: int,
                  overrides: Optional[Dict[str, Any]] = None, sample_prompt: Optional[str] = None,
-                 cuda: Optional[bool] = None) -> TrainConfig:
-    """The full config of a run: preset and tier values, the person's ``overrides``, then the version's paths.
-
-    Without an NVIDIA GPU (``cuda`` False, or None and none found) the tiers' 8-bit optimizer, which needs one,
-    becomes plain AdamW — unless the person chose it explicitly, so the trainer says why it cannot."""
-    values = preset_values(preset, vram_gb, arch)
-    if not (cuda_available() if cuda is None else cuda) and values.get("optimizer_type") == "AdamW8bit":
-        values["optimizer_type"] = "AdamW"
+                 cuda: Optional[bool] = None, native_resolution: Optional[int] = None) -> TrainConfig:
+    """The full config of a run: preset and tier values for this machine (see :func:`preset_values`), the
+    person's ``overrides`` (an 8-bit optimizer or fp16 chosen by hand stays, so the trainer says why it cannot),
+    then the version's paths; the bucket limits follow the final resolution unless overridden."""
+    values = preset_values(preset, vram_gb, arch, cuda=cuda, native_resolution=native_resolution)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    auto_low, auto_high = bucket_limits(values["resolution"], int(values.get("bucket_reso_steps") or 64))
+    values.setdefault("min_bucket_reso", auto_low)
+    values.setdefault("max_bucket_reso", auto_high)
     has_reg = paths.reg_dir.is_dir() and any(p.is_dir() and parse_folder_name(p.name) for p in paths.reg_dir.iterdir())
     values.update(
         pretrained_model_name_or_path=str(base_model),
@@ -205,11 +223,35 @@ def check(cfg: TrainConfig) -> List[Problem]:
             problems.append(Problem(key, tr("The learning rate must not be negative.")))
     if cfg.train_batch_size < 1:
         problems.append(Problem("train_batch_size", tr("The batch size must be at least 1.")))
+    if cfg.enable_bucket and not any(p.field == "resolution" for p in problems):
+        w, h = schema.parse_resolution(cfg.resolution)
+        if cfg.min_bucket_reso > min(w, h):
+            problems.append(Problem("min_bucket_reso", tr(
+                "The smallest bucket side ({value} px) is larger than the resolution ({side} px): lower it, or leave "
+                "it empty to follow the resolution.", value=cfg.min_bucket_reso, side=min(w, h))))
+        if cfg.max_bucket_reso < max(w, h):
+            problems.append(Problem("max_bucket_reso", tr(
+                "The largest bucket side ({value} px) is smaller than the resolution ({side} px): raise it, or leave "
+                "it empty to follow the resolution.", value=cfg.max_bucket_reso, side=max(w, h))))
     if not problems:
         try:
             schema.validate(cfg)
         except ConfigError as exc:
-            problems.append(Problem("config", str(exc)))
+            problems += validation_problems(str(exc))
+    return problems
+
+
+_CONFIG_KEYS = tuple(sorted((f.name for f in dataclasses.fields(TrainConfig)), key=len, reverse=True))
+
+
+def validation_problems(message: str) -> List[Problem]:
+    """The trainer's validation message (its problems joined by "; ") as problems, each beside the config key it
+    names first (or "config" when it names none)."""
+    problems = []
+    for part in (p.strip() for p in message.split("; ")):
+        if part:
+            key = next((k for k in _CONFIG_KEYS if re.search(rf"(?<![\w]){re.escape(k)}(?![\w])", part)), "config")
+            problems.append(Problem(key, part))
     return problems
 
 
@@ -219,7 +261,11 @@ class Estimate:
     steps: int
     steps_per_epoch: int
     epochs: int
-    images_per_epoch: int
+    uses_per_epoch: int  # picture uses per epoch: trained pictures × repeats (+ as many regularization uses)
+    pictures: int  # training pictures found
+    held_out: int  # of them, held out of training to score the checkpoints
+    repeats: int  # repeats of the concept folder (the largest, when there are several)
+    batch: int
     vram_gb: float
     seconds: Optional[float]
     it_per_s: Optional[float]
@@ -243,19 +289,11 @@ def estimate(cfg: TrainConfig, arch: str, measured_it_per_s: Optional[float] = N
              measured_batch: Optional[int] = None, cuda: Optional[bool] = None) -> Estimate:
     """Steps, VRAM and time of a run. With a speed measured on this machine (a previous run's events at the same
     batch size) the time uses it; otherwise a typical GPU's speed, said plainly when there is no GPU here."""
-    counts = dataset_counts(Path(cfg.train_data_dir))
-    images = sum(n * r for n, r in counts.values())
-    reg = dataset_counts(Path(cfg.reg_data_dir)) if cfg.reg_data_dir else {}
-    if images and any(n for n, _ in reg.values()):
-        images *= 2  # the trainer adds as many regularization uses per epoch as training uses (as sd-scripts)
+    from lib_trainer.trainer.schedule import step_plan  # imports torch: only when an estimate is asked for
+
+    plan = step_plan(cfg)  # the trainer's own count: held-out pictures, a batch per bucket remainder, reg uses
     batch = max(1, cfg.train_batch_size)
-    steps_per_epoch = max(1, math.ceil(images / batch / max(1, cfg.gradient_accumulation_steps))) if images else 0
-    if cfg.max_train_epochs:
-        epochs = cfg.max_train_epochs
-        steps = steps_per_epoch * epochs
-    else:
-        steps = cfg.max_train_steps
-        epochs = math.ceil(steps / steps_per_epoch) if steps_per_epoch else 0
+    steps, epochs, steps_per_epoch = plan.total_steps, plan.epochs, plan.steps_per_epoch
     w, h = schema.parse_resolution(cfg.resolution)
     native = default_resolution(arch) ** 2
     scale = (w * h) / native
@@ -278,8 +316,8 @@ def estimate(cfg: TrainConfig, arch: str, measured_it_per_s: Optional[float] = N
             basis = tr("at the speed of a typical {gpu}; no NVIDIA GPU was found here, and on the CPU training is "
                        "far slower", gpu=_TYPICAL_BASIS)
     seconds = steps / it_per_s if it_per_s else None
-    return Estimate(steps=steps, steps_per_epoch=steps_per_epoch, epochs=epochs, images_per_epoch=images,
-                    vram_gb=vram, seconds=seconds, it_per_s=round(it_per_s, 3), basis=basis)
+    return Estimate(steps=steps, steps_per_epoch=steps_per_epoch, epochs=epochs, uses_per_epoch=plan.uses_per_epoch,
+                    pictures=plan.pictures, held_out=plan.held_out, repeats=plan.repeats, batch=batch, vram_gb=vram, seconds=seconds, it_per_s=round(it_per_s, 3), basis=basis)
 
 
 def format_duration(seconds: Optional[float]) -> str:
@@ -296,10 +334,25 @@ def format_duration(seconds: Optional[float]) -> str:
 
 
 def describe_estimate(est: Estimate) -> str:
-    return tr("{steps} steps ({epochs} epochs × {per_epoch} steps, {images} pictures × repeats per epoch) · about "
-              "{vram} GB of VRAM · about {time} {basis}", steps=est.steps, epochs=est.epochs,
-              per_epoch=est.steps_per_epoch, images=est.images_per_epoch, vram=est.vram_gb,
-              time=format_duration(est.seconds), basis=est.basis)
+    """"12 pictures × 5 repeats = 60 picture uses per epoch (1 held out to score the checkpoints) · 10 epochs × 15
+    steps at batch 4 = 150 steps · about 5.2 GB of VRAM · about 2m 30s at …"."""
+    trained = est.pictures - est.held_out
+    if trained * est.repeats == est.uses_per_epoch:
+        uses = tr("{pictures} pictures × {repeats} repeats = {uses} picture uses per epoch", pictures=trained,
+                  repeats=est.repeats, uses=est.uses_per_epoch)
+    else:  # concept folders with different repeats, or regularization pictures
+        uses = tr("{pictures} pictures × their folders' repeats = {uses} picture uses per epoch", pictures=trained,
+                  uses=est.uses_per_epoch)
+    if est.held_out:
+        uses += " " + tr("({n} more held out to score the checkpoints)", n=est.held_out)
+    if est.epochs == 1:
+        steps = tr("1 epoch of {per_epoch} steps at batch {batch} = {steps} steps", per_epoch=est.steps_per_epoch,
+                   batch=est.batch, steps=est.steps)
+    else:
+        steps = tr("{epochs} epochs × {per_epoch} steps at batch {batch} = {steps} steps", epochs=est.epochs,
+                   per_epoch=est.steps_per_epoch, batch=est.batch, steps=est.steps)
+    return tr("{uses} · {steps} · about {vram} GB of VRAM · about {time} {basis}", uses=uses, steps=steps,
+              vram=est.vram_gb, time=format_duration(est.seconds), basis=est.basis)
 
 
 def last_speed(events: List[Dict[str, Any]]) -> Tuple[Optional[float], Optional[int]]:
@@ -311,4 +364,4 @@ def last_speed(events: List[Dict[str, Any]]) -> Tuple[Optional[float], Optional[
 
 __all__ = ["PRESETS", "VRAM_TIERS", "preset_label", "preset_values", "build_config", "VersionPaths", "check",
            "Problem", "estimate", "Estimate", "describe_estimate", "format_duration", "dataset_counts",
-           "default_resolution", "last_speed"]
+           "default_resolution", "bucket_limits", "validation_problems", "last_speed"]

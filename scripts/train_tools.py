@@ -133,10 +133,12 @@ def on_app_started(_demo, app):
     cmd_opts = shared.cmd_opts
     if not (getattr(cmd_opts, "api", False) or _opt("train_tools_api", False)):
         return
-    # Routes added here get no authentication from the WebUI: ours check --api-auth (or --gradio-auth) themselves.
-    credentials = api.parse_api_auth(getattr(cmd_opts, "api_auth", None) or getattr(cmd_opts, "gradio_auth", None))
+    # Routes added here get no authentication from the WebUI: ours check --api-auth (or the page's --gradio-auth
+    # and --gradio-auth-path) themselves.
+    credentials = api.credentials_from(getattr(cmd_opts, "api_auth", None), getattr(cmd_opts, "gradio_auth", None),
+                                       getattr(cmd_opts, "gradio_auth_path", None))
     ctx = context()
-    api.mount_api(app, ctx.runner, ctx.workspace, credentials)
+    api.mount_api(app, ctx.runner, ctx.workspace, credentials, previews=ctx.previews)
 
 
 script_callbacks.on_ui_settings(on_ui_settings)

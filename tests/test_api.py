@@ -120,3 +120,62 @@ def test_start_status_stop_flow(setup):
     assert runner.wait("cute dog", "v1", timeout=30)["status"] == "cancelled"
     assert client.post(f"{PREFIX}/jobs/stop", json={"project": "cute dog", "version": "v1"}).json()["result"] == "idle"
     assert host.calls == ["release", "restore"] * 2
+
+
+def test_credentials_come_from_api_auth_else_the_pages_auth_and_its_file(tmp_path):
+    from lib_trainer.api import credentials_from
+
+    assert credentials_from(None) is None
+    assert credentials_from("a:b", "page:pw") == ["a:b"]  # --api-auth wins, as in the WebUI's own API
+    assert credentials_from(None, "page:pw") == ["page:pw"]
+    auth_file = tmp_path / "auth.txt"
+    auth_file.write_text("one:1, two:2\n\nthree:3:with-colon\n", encoding="utf-8")
+    assert credentials_from(None, "page:pw", str(auth_file)) == ["page:pw", "one:1", "two:2", "three:3:with-colon"]
+    assert credentials_from(None, None, str(auth_file)) == ["one:1", "two:2", "three:3:with-colon"]
+    # a file that cannot be read, or an empty one, locks the API instead of leaving it open
+    assert credentials_from(None, None, str(tmp_path / "missing.txt")) == []
+    (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
+    assert credentials_from(None, None, str(tmp_path / "empty.txt")) == []
+
+
+def test_an_auth_file_protected_webui_serves_the_api_only_with_a_login(setup, tmp_path):
+    from lib_trainer.api import credentials_from
+
+    ws, runner, _ = setup
+    auth_file = tmp_path / "auth.txt"
+    auth_file.write_text(f"{USER}:{PASSWORD}\n", encoding="utf-8")
+    client = client_for(ws, runner, credentials_from(None, None, str(auth_file)))
+    assert client.get(f"{PREFIX}/projects").status_code == 401
+    assert client.get(f"{PREFIX}/projects", headers=basic(USER, PASSWORD)).status_code == 200
+    locked = client_for(ws, runner, credentials_from(None, None, str(tmp_path / "missing.txt")))
+    assert locked.get(f"{PREFIX}/projects", headers=basic(USER, PASSWORD)).status_code == 401
+
+
+def test_previews_through_the_api_are_the_tabs_preview_tasks(tmp_path):
+    from lib_trainer.preview.config import PreviewConfig, save_config
+    from lib_trainer.preview.tasks import PreviewTasks
+    from tests.ui_support import PaintHost, fake_checkpoint
+
+    ws = Workspace(tmp_path / "ws")
+    version = ws.create_project("dog", first_version="v1").version("v1")
+    for epoch in (1, 2):
+        fake_checkpoint(version.checkpoints_dir / f"{version.output_name}-{epoch:06d}.safetensors", epoch, epoch * 3)
+    version.update(status="finished")
+    save_config(version, PreviewConfig(prompts=["a dog"], weights=[1.0], width=16, height=16, steps=1, reference=False))
+    previews = PreviewTasks(PaintHost(tmp_path))
+    app = FastAPI()
+    mount_api(app, JobRunner(ws, RecordingHost()), ws, None, previews=previews)
+    client = TestClient(app)
+    query = {"project": "dog", "version": "v1"}
+    assert client.get(f"{PREFIX}/previews", params=query).json()["running"] is False
+    started = client.post(f"{PREFIX}/previews", json=query)
+    assert started.status_code == 200 and started.json()["origin"] == "api"
+    assert previews.wait(version, 30)
+    state = client.get(f"{PREFIX}/previews", params=query).json()
+    assert state["running"] is False and (state["done"], state["total"]) == (2, 2)
+    assert state["status"].startswith("Preview done: 2 pictures")  # what the tab's status line shows
+    assert client.post(f"{PREFIX}/previews/stop", json=query).json()["result"] == "idle"
+    missing = client.post(f"{PREFIX}/previews", json={**query, "checkpoints": ["nope"]})
+    assert missing.status_code == 409 and "no checkpoint" in missing.json()["detail"]
+    version.update(status="running")
+    assert client.post(f"{PREFIX}/previews", json=query).status_code == 409

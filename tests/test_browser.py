@@ -25,8 +25,8 @@ import psutil
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from lib_trainer.demo.run import draw_dataset
 from tests.browser_support import TabPage, drop_files
+from tests.trainer_fixtures import write_picture
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
@@ -100,9 +100,8 @@ def stop_trainers(workspace: Path) -> None:
 @pytest.fixture(scope="module")
 def pictures(app):
     folder = app["root"] / "pictures"
-    draw_dataset(folder, 3)
-    for caption in folder.glob("*.txt"):
-        caption.unlink()  # captions are written in the tab
+    for i in range(3):  # no captions: they are written in the tab
+        write_picture(folder / f"dog_{i:02d}.png", (128, 112), seed=i)
     (folder / "broken.png").write_bytes(b"this is text, not a picture")
     return sorted(str(p) for p in folder.glob("*.png"))
 
@@ -200,17 +199,21 @@ def test_a_newcomer_trains_a_lora_in_the_browser(app, pictures, page):
     tab.choose("train_tools_vram", "24 GB")
     expect(tab.el("train_tools_field_train_batch_size").locator("input")).to_have_value("6", timeout=15_000)
     expect(tab.el("train_tools_field_trigger").locator("textarea")).to_have_value("tt_dog")
-    for key, value in (("max_train_epochs", 2), ("network_dim", 4), ("network_alpha", 2), ("resolution", 64),
+    for key, value in (("max_train_epochs", 3), ("network_dim", 4), ("network_alpha", 2), ("resolution", 64),
                        ("train_batch_size", 1)):
         tab.number(f"train_tools_field_{key}", value)
     tab.el("train_tools_advanced").locator(".label-wrap").first.click()
     tab.number("train_tools_field_min_bucket_reso", 64)
     tab.number("train_tools_field_max_bucket_reso", 128)
     tab.el("train_tools_field_auto_preview").locator("input").uncheck()
-    tab.contains("train_tools_estimate", f"{STEPS} steps (2 epochs × {STEPS // 2} steps")
+    tab.contains("train_tools_estimate", "3 pictures × 8 repeats = 24 picture uses per epoch · 3 epochs × 24 steps at "
+                                         "batch 1 = 72 steps")
     tab.shot("form")
 
-    # Train, and watch the progress move
+    # Train right after typing in a field (no Tab first): the first click must start the run with the typed value.
+    # The field's change on blur re-renders the estimate, which sat above the Train button and moved it away from
+    # the pointer between mousedown and mouseup, so the first click did nothing (seen 6 times by hand).
+    tab.el("train_tools_field_max_train_epochs").locator("input").fill("2")
     tab.el("train_tools_train").click()
     tab.contains("train_tools_train_message", "Training starts now")
     tab.contains("train_tools_progress_status", "Training", timeout=30_000)
@@ -264,8 +267,8 @@ def test_a_newcomer_trains_a_lora_in_the_browser(app, pictures, page):
     for key, value in (("steps", 4), ("width", 64), ("height", 64)):
         tab.number(f"train_tools_preview_{key}", value)
     tab.el("train_tools_preview").click()
-    tab.contains("train_tools_checkpoints_message", "background")
     tab.contains("train_tools_preview_status", "Preview done", timeout=180_000)
+    expect(tab.el("train_tools_checkpoints_message")).to_have_text("")  # no message left to outlive the status
     expect(page.locator("#train_tools_grid img").first).to_be_visible(timeout=30_000)
     expect(page.locator("#train_tools_checkpoint_gallery .thumbnail-item")).to_have_count(1, timeout=30_000)
     tab.shot("preview")

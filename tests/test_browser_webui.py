@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from lib_trainer.demo.run import draw_dataset
 from tests.browser_support import TabPage, drop_files
-from tests.trainer_fixtures import tiny_sd1  # noqa: F401 — fixture by name
+from tests.trainer_fixtures import tiny_sd1, write_picture  # noqa: F401 — tiny_sd1: a fixture by name
 from tests.webui_server import CHECKPOINT_NAME, WEBUI_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +57,8 @@ def artifacts(flavor) -> Path:
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory) -> list[str]:
     folder = tmp_path_factory.mktemp("webui_pictures")
-    draw_dataset(folder, 3)
+    for i in range(3):
+        write_picture(folder / f"dog_{i:02d}.png", (128, 112), seed=i)
     return sorted(str(p) for p in folder.glob("*.png"))
 
 

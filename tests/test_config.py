@@ -4,6 +4,7 @@ import pytest
 from lib_trainer import presets, projects
 from lib_trainer.common.cuda import cuda_available
 from lib_trainer.trainer import schema
+from tests.trainer_fixtures import write_picture
 
 
 @pytest.fixture
@@ -13,7 +14,7 @@ def version(tmp_path):
     concept = v.train_dir / "10_dog"
     concept.mkdir(parents=True)
     for i in range(5):
-        (concept / f"{i}.png").write_bytes(b"")
+        write_picture(concept / f"{i}.png", (64, 64), seed=i)  # the estimate counts what the trainer reads
         (concept / f"{i}.txt").write_text("dog", encoding="utf-8")
     return v
 
@@ -83,12 +84,17 @@ def test_estimate_counts_steps_and_uses_a_measured_speed(version):
                               overrides={"max_train_epochs": 4, "train_batch_size": 2})
     est = presets.estimate(cfg, "sd1", cuda=True)
     assert "no NVIDIA GPU" in presets.estimate(cfg, "sd1", cuda=False).basis
-    assert (est.images_per_epoch, est.steps_per_epoch, est.epochs, est.steps) == (50, 25, 4, 100)
+    assert (est.uses_per_epoch, est.steps_per_epoch, est.epochs, est.steps) == (50, 25, 4, 100)
     assert est.seconds > 0 and "typical" in est.basis
     measured = presets.estimate(cfg, "sd1", measured_it_per_s=2.0, measured_batch=2)
     assert measured.seconds == 50 and "measured" in measured.basis
     assert presets.describe_estimate(measured).endswith("about 50s at the speed measured on this machine")
-    assert "100 steps" in presets.describe_estimate(measured)
+    text = presets.describe_estimate(measured)
+    assert text.startswith("5 pictures × 10 repeats = 50 picture uses per epoch · 4 epochs × 25 steps at batch 2 = "
+                           "100 steps · ")
+    one = presets.estimate(presets.build_config(presets.VersionPaths.of(version), "m", "sd1", "person", 8,
+                                                overrides={"max_train_epochs": 1, "train_batch_size": 2}), "sd1")
+    assert "· 1 epoch of 25 steps at batch 2 = 25 steps ·" in presets.describe_estimate(one)
     assert presets.last_speed([{"event": "start", "batch_size": 2}, {"event": "step", "it_per_s": 1.5}]) == (1.5, 2)
     assert presets.format_duration(3725) == "1h 02m"
 
@@ -110,8 +116,9 @@ def test_regularization_pictures_are_read_and_double_the_steps(version):
     (version.reg_dir / "1_dog").mkdir(parents=True)
     assert presets.build_config(paths, "m", "sd1", "person", 8).reg_data_dir is not None
     assert presets.estimate(plain, "sd1").steps == 50 * 2  # an empty reg folder adds nothing
-    (version.reg_dir / "1_dog" / "other.png").write_bytes(b"")
+    write_picture(version.reg_dir / "1_dog" / "other.png", (64, 64), seed=9)
     with_reg = presets.build_config(paths, "m", "sd1", "person", 8, overrides=two_epochs)
     assert with_reg.reg_data_dir == str(version.reg_dir)
     est = presets.estimate(with_reg, "sd1")
-    assert (est.images_per_epoch, est.steps) == (100, 200)  # as many reg uses per epoch as training uses
+    assert (est.uses_per_epoch, est.steps) == (100, 200)  # as many reg uses per epoch as training uses
+    assert "5 pictures × their folders' repeats = 100 picture uses per epoch" in presets.describe_estimate(est)

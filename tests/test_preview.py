@@ -141,7 +141,9 @@ def test_config_defaults_roundtrip_and_validation(work, host):
     version = work.version
     assert version_arch(version) == "sd1"
     config = load_config(version, host)  # nothing stored: the defaults
-    assert (config.width, config.height) == (512, 512)
+    assert (config.width, config.height) == (64, 64)  # the size it was trained at, not SD1's usual 512
+    untrained = work.workspace.create_project("cat", first_version="v1").version("v1")
+    assert (load_config(untrained, host).width, load_config(untrained, host).height) == (512, 512)
     assert config.weights == [0.4, 0.6, 0.8, 1.0] and config.reference and config.auto_after_training
     assert config.prompts and all(p.startswith(TRIGGER) for p in config.prompts)  # training captions
     changed = small(seed=-1, negative_prompt="blurry", auto_after_training=False)
@@ -409,10 +411,15 @@ def test_recommendation_lowest_earlier_on_ties_held_out_first(work):
     assert rec.best == "dog_v1-000002" and rec.eval_set == "held_out"
     assert rec.scores[1] == ("dog_v1-000002", 2, 4, 0.20, "held_out")
     assert "held out" in rec.note and "hint, not a verdict" in rec.note
+    assert "The lowest is" not in rec.note  # it is the lowest
     # within the tolerance the earlier checkpoint wins
     write_scores(version, [("dog_v1-000001", 1, 2, 0.2010, "held_out"), ("dog_v1-000002", 2, 4, 0.2000, "held_out"),
                            ("dog_v1", 3, 6, 0.2005, "held_out")])
-    assert recommend(version).best == "dog_v1-000001"
+    tie = recommend(version)
+    assert tie.best == "dog_v1-000001"
+    # the note says the rule, and which one scored lowest when that is another
+    assert "earliest checkpoint" in tie.note and "within 1 % of the lowest" in tie.note
+    assert "The lowest is dog_v1-000002 (epoch 2): 0.2000 against 0.2010" in tie.note
     write_scores(version, [("dog_v1-000001", 1, 2, 0.2, "held_out"), ("dog_v1-000002", 2, 4, 0.2, "held_out")])
     assert recommend(version).best == "dog_v1-000001"
     # held-out scores are compared among themselves; old events without eval_set count as training pictures

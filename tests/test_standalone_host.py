@@ -90,7 +90,9 @@ def test_no_checkpoint_at_all_says_where_to_put_one(tmp_path):
 def test_embedded_tiny_model_is_listed_and_written_on_first_use(tmp_path):
     embedded = tmp_path / "app" / "tiny.safetensors"
     host = StandaloneHost(tmp_path, embedded_tiny=embedded)
-    assert host.checkpoints() == [CheckpointInfo(title="tiny test model (embedded)", path=str(embedded), arch="sd1")]
+    # listed at its own size (64 px) before it is written, so the tab's defaults fit it
+    assert host.checkpoints() == [CheckpointInfo(title="tiny test model (embedded)", path=str(embedded), arch="sd1",
+                                                 resolution=64)]
     assert not embedded.exists()
     result = host.txt2img(Txt2ImgRequest(prompt="x", seed=1, steps=2, width=64, height=64))  # the current one
     assert embedded.is_file() and result.image.size == (64, 64)
@@ -99,6 +101,7 @@ def test_embedded_tiny_model_is_listed_and_written_on_first_use(tmp_path):
     assert np.array_equal(pixels(by_title.image), pixels(result.image))
     digest = hashlib.sha256(embedded.read_bytes()).hexdigest()[:10]
     assert host.checkpoints(refresh=True)[0].hash == digest and f"Model hash: {digest}" in result.infotext
+    assert host.checkpoints()[0].resolution == 64  # from the written file's modelspec.resolution
 
 
 def test_the_last_checkpoint_used_is_the_current_one(tmp_path, tiny_sd1):

@@ -201,7 +201,7 @@ def test_write_and_cli(tmp_path: Path) -> None:
     assert 1 << 20 < out.stat().st_size < 64 << 20
     expected = build_tiny_state_dict("sd1", 3)
     with safe_open(str(out), "pt") as f:
-        assert f.metadata() == {"train_tools_tiny": "sd1"}
+        assert f.metadata() == {"train_tools_tiny": "sd1", "modelspec.resolution": "64x64"}  # hosts read its size
         assert set(f.keys()) == set(expected)
         key = "model.diffusion_model.out.2.weight"
         assert torch.equal(f.get_tensor(key), expected[key])

@@ -73,12 +73,23 @@ def recommend(version: Version, tolerance: float = TIE_TOLERANCE) -> Recommendat
     lowest = min(s.eval_loss for s in comparable)
     limit = lowest + abs(lowest) * tolerance
     best = next(s for s in comparable if s.eval_loss <= limit)
-    where = tr("epoch {epoch}", epoch=best.epoch) if best.epoch is not None else best.name
+    def where(score: CheckpointScore) -> str:
+        return tr("epoch {epoch}", epoch=score.epoch) if score.epoch is not None else score.name
+
+    pct = f"{tolerance * 100:g}"
     if eval_set == "held_out":
-        note = tr("Suggested: {name} ({where}), the lowest denoising score on pictures held out of training. This "
-                  "is a hint, not a verdict: check the preview grid and trust your eyes.", name=best.name, where=where)
+        rule = tr("Suggested: {name} ({where}), the earliest checkpoint whose denoising score on pictures held out "
+                  "of training is within {pct} % of the lowest.", name=best.name, where=where(best), pct=pct)
     else:
-        note = tr("Suggested: {name} ({where}), the lowest denoising score on a fixed set of training pictures "
-                  "(too few pictures to hold some out, so the score cannot see overfitting). This is a hint, not a "
-                  "verdict: check the preview grid and trust your eyes.", name=best.name, where=where)
+        rule = tr("Suggested: {name} ({where}), the earliest checkpoint whose denoising score on a fixed set of "
+                  "training pictures is within {pct} % of the lowest (too few pictures to hold some out, so the score "
+                  "cannot see overfitting).", name=best.name, where=where(best), pct=pct)
+    parts = [rule]
+    lowest_score = min(comparable, key=lambda s: s.eval_loss)
+    if lowest_score.name != best.name:
+        parts.append(tr("The lowest is {name} ({where}): {lowest:.4f} against {score:.4f}, a difference the score "
+                        "cannot tell from noise.", name=lowest_score.name, where=where(lowest_score),
+                        lowest=lowest_score.eval_loss, score=best.eval_loss))
+    parts.append(tr("This is a hint, not a verdict: check the preview grid and trust your eyes."))
+    note = " ".join(parts)
     return Recommendation(best.name, scores, note, eval_set)

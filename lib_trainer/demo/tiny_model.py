@@ -384,7 +384,7 @@ def write_tiny_checkpoint(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(state_dict, tmp, metadata={"train_tools_tiny": arch})
+        save_file(state_dict, tmp, metadata={"train_tools_tiny": arch, "modelspec.resolution": "64x64"})
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)

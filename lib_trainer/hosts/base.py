@@ -39,6 +39,7 @@ class CheckpointInfo:
     path: str  # absolute path of the file (the trainer's pretrained_model_name_or_path)
     arch: str  # one of ARCHS; "unknown" when the host cannot tell
     hash: Optional[str] = None  # short hash if the host knows it (WebUI: sha256[:10])
+    resolution: Optional[int] = None  # the side the model was made for, when not its architecture's usual one
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,14 @@ class TaggerInfo:
     title: str
     uses_threshold: bool
     default_threshold: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class TaggerUnavailable:
+    """A tagger the host knows of but leaves out of taggers(): ``reason`` (translated) says what is missing and
+    what to do."""
+    title: str
+    reason: str
 
 
 class HostError(RuntimeError):
@@ -155,6 +164,11 @@ class Host(abc.ABC):
     @abc.abstractmethod
     def taggers(self) -> list[TaggerInfo]:
         """The captioning models the host offers (DeepBooru, BLIP, WD14 …); [] when it has none."""
+
+    def unavailable_taggers(self) -> list[TaggerUnavailable]:
+        """The taggers the host knows of but does not offer now (model not on disk, extension missing …), each
+        with why and what to do; [] when it has nothing to say."""
+        return []
 
     @abc.abstractmethod
     def tag(self, tagger_id: str, image: "Image.Image", threshold: Optional[float] = None) -> list[str]:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Optional
 
 from lib_trainer.common.files import sha256_file
-from lib_trainer.common.safetensors_header import read_header
+from lib_trainer.common.safetensors_header import read_header, read_metadata
+
+TINY_RESOLUTION = 64  # the tiny test and demo models (lib_trainer.demo) draw and train at 64 px
 
 
 def checkpoint_keys(path: Path) -> list[str]:
@@ -51,3 +54,27 @@ def safetensors_data_hash(path: Path) -> str:
     """sha256 of a .safetensors file's tensor data (after the header): the WebUI's and sd-scripts' Lora hash."""
     offset = read_header(path).data_offset if path.suffix.lower() == ".safetensors" else 0
     return sha256_file(path, offset)
+
+
+def native_resolution(path: Path) -> Optional[int]:
+    """The side a checkpoint was made for when its file says so (``modelspec.resolution`` "WxH", or Train Tools'
+    own small models), else None: the architecture's usual size applies."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    meta = read_metadata(path)
+    text = meta.get("modelspec.resolution", "")
+    match = re.fullmatch(r"\s*(\d+)\s*[x×,]\s*(\d+)\s*", text)
+    if match:
+        return min(int(match.group(1)), int(match.group(2)))
+    if "train_tools_tiny" in meta:
+        return TINY_RESOLUTION
+    return None
+
+
+def checkpoint_facts(path: Path) -> tuple[str, Optional[int]]:
+    """(architecture, native resolution or None) of a checkpoint file: what a host lists about it."""
+    try:
+        resolution = native_resolution(path)
+    except OSError:
+        resolution = None
+    return detect_checkpoint_arch(path), resolution

@@ -34,7 +34,7 @@ from lib_trainer.hosts.base import (
     check_request,
     lora_prompt,
 )
-from lib_trainer.hosts.checkpoint_files import detect_checkpoint_arch, safetensors_data_hash
+from lib_trainer.hosts.checkpoint_files import TINY_RESOLUTION, checkpoint_facts, safetensors_data_hash
 from lib_trainer.common.i18n import tr
 
 PathLike = Any  # str | os.PathLike
@@ -99,8 +99,9 @@ def _tag_name(path: Path) -> str:
 
 
 class StandaloneHost(Host):
-    """The diffusers host. ``checkpoint_dirs`` are searched recursively; ``embedded_tiny`` is a path where a tiny
-    SD1 model (lib_trainer.demo.tiny_model) lives or will be written the first time it is used."""
+    """The diffusers host. ``checkpoint_dirs`` are searched recursively; ``embedded_tiny`` is the model offered
+    without any checkpoint file: the committed toy model (lib_trainer.demo.toy_model.MODEL_FILE, read where it is),
+    or a path where a random tiny SD1 model (lib_trainer.demo.tiny_model) is written the first time it is used."""
 
     name = "standalone"
 
@@ -131,7 +132,7 @@ class StandaloneHost(Host):
         self._state_lock = threading.Lock()  # guards _running only
         self._running: Optional[threading.Event] = None
         self._listing: Optional[list[CheckpointInfo]] = None
-        self._arch_cache: dict[tuple[str, int, int], str] = {}
+        self._facts_cache: dict[tuple[str, int, int], tuple[str, Optional[int]]] = {}
         self._hash_cache: dict[str, str] = {}  # path → short model hash, once a model was loaded
         self._pipelines: "OrderedDict[str, _Loaded]" = OrderedDict()
         self._current: Optional[str] = None
@@ -167,24 +168,32 @@ class StandaloneHost(Host):
         result = []
         for (path, title) in found:
             try:
-                arch = self._arch(path)
+                arch, resolution = self._facts(path)
             except OSError:  # deleted while we looked
                 continue
             if titles.count(title) > 1:  # the same relative name in two folders
                 title = f"{title} ({path.parents[len(Path(title).parts) - 1].name})"
-            result.append(CheckpointInfo(title=title, path=str(path), arch=arch, hash=self._hash_cache.get(str(path))))
+            result.append(CheckpointInfo(title=title, path=str(path), arch=arch, hash=self._hash_cache.get(str(path)),
+                                         resolution=resolution))
         if self._embedded_tiny is not None and str(self._embedded_tiny) not in seen:
-            arch = self._arch(self._embedded_tiny) if self._embedded_tiny.is_file() else "sd1"
+            # written on first use; until then it is known to be a small SD1 model of its own size
+            arch, resolution = self._facts(self._embedded_tiny) if self._embedded_tiny.is_file() else \
+                ("sd1", TINY_RESOLUTION)
             result.append(CheckpointInfo(title=tr(EMBEDDED_TINY_TITLE), path=str(self._embedded_tiny), arch=arch,
-                                         hash=self._hash_cache.get(str(self._embedded_tiny))))
+                                         hash=self._hash_cache.get(str(self._embedded_tiny)),
+                                         resolution=resolution or TINY_RESOLUTION))
         return result
 
-    def _arch(self, path: Path) -> str:
+    def _facts(self, path: Path) -> tuple[str, Optional[int]]:
+        """(architecture, native resolution) of a checkpoint, read once per file version."""
         st = path.stat()
         key = (str(path), st.st_size, st.st_mtime_ns)
-        if key not in self._arch_cache:
-            self._arch_cache[key] = detect_checkpoint_arch(path)
-        return self._arch_cache[key]
+        if key not in self._facts_cache:
+            self._facts_cache[key] = checkpoint_facts(path)
+        return self._facts_cache[key]
+
+    def _arch(self, path: Path) -> str:
+        return self._facts(path)[0]
 
     def _resolve(self, wanted: Optional[str]) -> CheckpointInfo:
         listing = self.checkpoints()
@@ -308,9 +317,10 @@ class StandaloneHost(Host):
 
     def _lora_modules(self, entry: _Loaded, path: Path) -> list:
         """LyCORIS modules for every layer the file names; HostError naming the file when it does not fit."""
-        from lycoris.modules import get_module, make_module
+        from lycoris.modules import get_module
 
         from lib_trainer.trainer.models import read_state_dict
+        from lib_trainer.trainer.network import module_from_file
 
         logging.getLogger("LyCORIS").setLevel(logging.WARNING)
         try:
@@ -341,7 +351,7 @@ class StandaloneHost(Host):
                 try:
                     kind, params = get_module(renamed, lora_name)
                     # building copies the file's tensors into layers shaped after ours: a size mismatch fails here
-                    module = make_module(kind, params, lora_name, layer) if kind is not None else None
+                    module = module_from_file(kind, params, lora_name, layer) if kind is not None else None
                 except Exception as exc:
                     raise HostError(tr(
                         "{name} does not fit checkpoint {checkpoint}: layer {layer} cannot be applied ({error}). "

@@ -164,9 +164,16 @@ def version_trigger(version: Version) -> str:
 
 
 def default_config(version: Version, host: Optional[Host] = None) -> PreviewConfig:
-    """Defaults for a version: its architecture's size, its clip skip, up to two of its training captions."""
-    size = DEFAULT_SIZES.get(version_arch(version, host), 512)
+    """Defaults for a version: the size it was trained at (its architecture's usual size when it has no training
+    config yet), its clip skip, up to two of its training captions. A LoRA trained at 256 px on a CPU is previewed
+    at 256 px, not at the base model's 1024."""
     cfg = train_config(version)
+    width = height = DEFAULT_SIZES.get(version_arch(version, host), 512)
+    if cfg is not None:
+        try:
+            width, height = (max(64, side - side % 8) for side in cfg.resolution_wh)
+        except ValueError:
+            pass
     clip_skip = int(cfg.clip_skip) if cfg is not None and cfg.clip_skip else 1
     prompts = _sample_captions(version, 2) or [""]
     sampler = "Euler a"
@@ -174,7 +181,7 @@ def default_config(version: Version, host: Optional[Host] = None) -> PreviewConf
         names = host.samplers()
         if names and sampler not in names:
             sampler = names[0]
-    return PreviewConfig(prompts=prompts, width=size, height=size, clip_skip=clip_skip, sampler=sampler)
+    return PreviewConfig(prompts=prompts, width=width, height=height, clip_skip=clip_skip, sampler=sampler)
 
 
 def _sample_captions(version: Version, count: int) -> List[str]:

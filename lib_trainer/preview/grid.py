@@ -40,8 +40,9 @@ class GridFiles:
     pages: List[Path]  # the same rows split into pages of PAGE_ROWS (empty when one page holds them all)
 
 
-def checkpoint_label(ckpt: Union[CheckpointFile, Dict[str, Any]], name: str = "") -> List[str]:
-    """The row label of a checkpoint: "epoch N · step S", plus a "final" line for the last one."""
+def checkpoint_label(ckpt: Union[CheckpointFile, Dict[str, Any]], name: str = "", suggested: bool = False) -> List[str]:
+    """The row label of a checkpoint: "epoch N · step S", plus a "final" line for the last one and a "★ suggested"
+    line for the one the held-out score suggests (checkpoints.recommend)."""
     get = ckpt.get if isinstance(ckpt, dict) else lambda k: getattr(ckpt, k)
     epoch, step = get("epoch"), get("step")
     if epoch is not None and step is not None:
@@ -52,7 +53,18 @@ def checkpoint_label(ckpt: Union[CheckpointFile, Dict[str, Any]], name: str = ""
         lines = [name or (ckpt.name if isinstance(ckpt, CheckpointFile) else "?")]
     if get("final"):
         lines.append(tr("final"))
+    if suggested:
+        lines.append("★ " + tr("suggested"))
     return lines
+
+
+def _suggested_checkpoint(version: Version) -> Optional[str]:
+    from lib_trainer.checkpoints.recommend import recommend
+
+    try:
+        return recommend(version).best
+    except (OSError, ValueError):
+        return None
 
 
 def grid_files(version: Version) -> List[GridFiles]:
@@ -112,6 +124,7 @@ def write_grids(version: Version, manifest: Dict[str, Any], font_path: Optional[
     seed = int(manifest["seed"])
     columns = [tr("weight {weight}", weight=weight_text(w)) for w in weights] + ([tr("no LoRA")] if reference else [])
     cell_size = _grid_cell_size(manifest, previews, settings)
+    suggested = _suggested_checkpoint(version)
     results = []
     for p_index, prompt in enumerate(manifest.get("prompts", [])):
         ref_cell = None
@@ -123,7 +136,7 @@ def write_grids(version: Version, manifest: Dict[str, Any], font_path: Optional[
             if ref_cell is not None:
                 row.append(ref_cell)
             rows.append(row)
-            labels.append(checkpoint_label(ckpt))
+            labels.append(checkpoint_label(ckpt, suggested=ckpt.name == suggested))
         header = [tr("Prompt {n}: {prompt}", n=p_index + 1, prompt=prompt or tr("(empty)"))]
         if settings.get("negative_prompt"):
             header.append(tr("Negative prompt: {negative}", negative=settings["negative_prompt"]))

@@ -148,8 +148,13 @@ def live(ctx: UIContext, project: Optional[str], version_name: Optional[str], ch
     version = ctx.version(project, version_name)
     rec = _recommendation(version)
     names = [c.name for c in version.checkpoints()] if version is not None else []
-    if checkpoint not in names:
-        checkpoint = (rec.best if rec is not None and rec.best in names else (names[-1] if names else None))
+    picked = ctx.picked_checkpoints.get(version.key) if version is not None else None
+    if picked in names:
+        wanted = picked
+    else:  # the suggested one, followed as training adds checkpoints
+        wanted = rec.best if rec is not None and rec.best in names else (names[-1] if names else None)
+    if wanted != checkpoint:
+        checkpoint = wanted
         ckpt = next((c for c in version.checkpoints() if c.name == checkpoint), None) if version else None
         use_name = promote.default_name(version, ckpt) if ckpt is not None else ""
     choices = grid_choices(version)
@@ -247,6 +252,7 @@ def on_pick_checkpoint(ctx: UIContext, project: Optional[str], version_name: Opt
     version = ctx.version(project, version_name)
     if version is None or not checkpoint:
         return [], ""
+    ctx.picked_checkpoints[version.key] = checkpoint  # kept while the polls refresh the picker
     ckpt = next((c for c in version.checkpoints() if c.name == checkpoint), None)
     return checkpoint_gallery(version, checkpoint), (promote.default_name(version, ckpt) if ckpt else "")
 

@@ -51,6 +51,12 @@ class UIContext:
         self._settings = settings or UISettings()
         self._lock = threading.Lock()
         self._previews = previews  # the process's previews, shared with the job runner's after-training hook
+        # version key → the checkpoint the person picked in the Checkpoints step; until they pick one, the picker
+        # follows the suggested checkpoint (which changes while training writes new ones)
+        self.picked_checkpoints: dict = {}
+        # version key → (checkpoints, when) of the question asked before Train moves a last run's checkpoints to
+        # the trash; the same Train pressed again soon after goes ahead
+        self.restart_asked: dict = {}
 
     @property
     def settings(self) -> UISettings:

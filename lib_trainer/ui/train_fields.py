@@ -47,8 +47,8 @@ FIELDS: Tuple[Field, ...] = (
     Field("lr_warmup_steps", "float", lambda: tr("Warm-up (steps, or a fraction below 1)"), True),
     Field("lr_scheduler_num_cycles", "int", lambda: tr("Restarts (cosine with restarts)"), True),
     Field("enable_bucket", "bool", lambda: tr("Aspect-ratio buckets"), True),
-    Field("min_bucket_reso", "int", lambda: tr("Smallest bucket side"), True),
-    Field("max_bucket_reso", "int", lambda: tr("Largest bucket side"), True),
+    Field("min_bucket_reso", "int", lambda: tr("Smallest bucket side (empty: half the resolution)"), True),
+    Field("max_bucket_reso", "int", lambda: tr("Largest bucket side (empty: twice the resolution)"), True),
     Field("save_every_n_epochs", "int", lambda: tr("Save a checkpoint every N epochs"), True),
     Field("seed", "int", lambda: tr("Seed"), True),
     Field("clip_skip", "int", lambda: tr("Clip skip"), True),
@@ -84,6 +84,30 @@ BASE_VALUES: Dict[str, Any] = {
 def network_type_label(value: str) -> str:
     return {"lora": tr("LoRA"), "locon": tr("LoCon (LoRA with conv layers)"), "loha": tr("LoHa"),
             "lokr": tr("LoKr")}.get(value, value)
+
+
+def choice_label(key: str, value: Any) -> str:
+    """What a choice field shows for a config value (in the person's language); the value itself is passed on."""
+    if key == "network_type":
+        return network_type_label(value or "lora")
+    if key == "mixed_precision":
+        return {"no": tr("off (fp32)"), "fp16": tr("fp16"), "bf16": tr("bf16")}.get(value, str(value))
+    if key == "lr_scheduler":
+        return {"constant": tr("constant"), "constant_with_warmup": tr("constant with warm-up"),
+                "cosine": tr("cosine"), "cosine_with_restarts": tr("cosine with restarts"), "linear": tr("linear"),
+                "polynomial": tr("polynomial")}.get(value, str(value))
+    return str(value)
+
+
+def choice_value(key: str, label: Any) -> Any:
+    """The config value of a label shown by :func:`choice_label` (a value given as is is kept)."""
+    field = BY_KEY.get(key)
+    if field is None or label is None:
+        return label
+    for value in field.choices:
+        if label == choice_label(key, value) or str(label) == str(value):
+            return value
+    return label
 
 
 def _resolution_side(value: Any) -> int:
@@ -180,4 +204,4 @@ def form_to_list(form: Dict[str, Any]) -> List[Any]:
 
 
 __all__ = ["Field", "FIELDS", "KEYS", "BY_KEY", "NETWORK_TYPES", "UI_ONLY", "BASE_VALUES", "form_from_values",
-           "overrides_from_form", "form_to_dict", "form_to_list", "network_type_label"]
+           "overrides_from_form", "form_to_dict", "form_to_list", "network_type_label", "choice_label", "choice_value"]

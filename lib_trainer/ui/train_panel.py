@@ -7,6 +7,8 @@ The form is saved in the version's settings, so a reload shows it again.
 """
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -22,9 +24,9 @@ from lib_trainer.ui.context import UIContext
 PRESET_CHOICES = compat.Choices(presets.PRESETS, presets.preset_label)
 VRAM_CHOICES = compat.Choices(presets.VRAM_TIERS, lambda n: tr("{n} GB VRAM", n=n))
 COMMON_KEYS = tuple(f.key for f in train_fields.FIELDS if not f.advanced)
-#: Problems of these keys are shown beside their field; the rest beside the buttons.
-ERROR_KEYS = ("pretrained_model_name_or_path",) + tuple(k for k in COMMON_KEYS if k != "trigger") + \
-    ("optimizer_type", "dataset", "config")
+ADVANCED_KEYS = tuple(f.key for f in train_fields.FIELDS if f.advanced)
+#: Every field shows its own problems beside it; the dataset's and the rest ("config") are shown by the buttons.
+ERROR_KEYS = ("pretrained_model_name_or_path",) + train_fields.KEYS + ("dataset", "config")
 
 
 @dataclass
@@ -39,10 +41,15 @@ class TrainPanel:
     train: Any
     stop: Any
     resume: Any
+    advanced: Any = None
     started: List[Any] = field(default_factory=list)  # events after which the progress panel refreshes
 
     def error_outputs(self) -> List[Any]:
         return [self.errors[k] for k in ERROR_KEYS]
+
+    def train_outputs(self) -> List[Any]:
+        """What Train answers: its message, every field's problems, and "Advanced" opened when one is there."""
+        return [self.message] + self.error_outputs() + [self.advanced]
 
     def refresh_outputs(self) -> List[Any]:
         return [self.base_model, self.preset, self.vram] + self.fields + [self.estimate, self.message] + \
@@ -73,9 +80,18 @@ def _arch(info: Any) -> str:
     return arch if arch in presets.ARCHES else "sd1"
 
 
-def preset_form(preset: str, vram: int, arch: str, keep: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The form a preset and tier fill in, keeping the tab's own fields from ``keep``."""
-    form = train_fields.form_from_values(presets.preset_values(preset, vram, arch))
+def _native(info: Any) -> Optional[int]:
+    """The base model's own resolution when the host knows it (a small demo model), else None."""
+    value = getattr(info, "resolution", None)
+    return int(value) if value else None
+
+
+def preset_form(preset: str, vram: int, arch: str, keep: Optional[Dict[str, Any]] = None,
+                native_resolution: Optional[int] = None) -> Dict[str, Any]:
+    """The form a preset and tier fill in on this machine for this base model, keeping the tab's own fields from
+    ``keep``."""
+    form = train_fields.form_from_values(presets.preset_values(preset, vram, arch, cuda=cuda_available(),
+                                                               native_resolution=native_resolution))
     keep = keep or {}
     for key in ("trigger", "sample_prompt", "auto_preview", "sample_every_n_epochs", "eval_holdout_images"):
         if key in keep and keep[key] is not None:
@@ -107,9 +123,9 @@ def load_form(ctx: UIContext, version: Optional[Version]) -> Tuple[Optional[str]
             break
     if base is None and titles:
         base = titles[0]
-    arch = _arch(resolve_checkpoint(ctx, base))
+    info = resolve_checkpoint(ctx, base)
     saved = dict(stored.get("fields") or {})
-    form = preset_form(preset, vram, arch)
+    form = preset_form(preset, vram, _arch(info), native_resolution=_native(info))
     form.update({k: v for k, v in saved.items() if k in train_fields.KEYS and v is not None})
     form["trigger"] = version_settings.trigger_word(version)
     auto = version_settings.get(version, "auto_preview", None)
@@ -121,10 +137,8 @@ def _field_updates(form: Dict[str, Any]) -> List[Any]:
     values = []
     for f in train_fields.FIELDS:
         value = form.get(f.key)
-        if f.key == "network_type":
-            value = train_fields.network_type_label(value or "lora")
-        elif f.kind == "choice" and value is not None:
-            value = value if f.key != "max_token_length" else str(value)
+        if f.kind == "choice" and value is not None:
+            value = train_fields.choice_label(f.key, value)
         values.append(value)
     return values
 
@@ -144,9 +158,9 @@ def on_refresh(ctx: UIContext, project: Optional[str], version_name: Optional[st
 
 def _form(values: Sequence[Any]) -> Dict[str, Any]:
     form = train_fields.form_to_dict(values)
-    if "network_type" in form:
-        labels = {train_fields.network_type_label(v): v for v in train_fields.NETWORK_TYPES}
-        form["network_type"] = labels.get(form["network_type"], form["network_type"])
+    for f in train_fields.FIELDS:
+        if f.kind == "choice" and f.key in form:
+            form[f.key] = train_fields.choice_value(f.key, form[f.key])
     if form.get("max_token_length") not in (None, ""):
         form["max_token_length"] = int(form["max_token_length"])
     return form
@@ -175,7 +189,7 @@ def make_config(ctx: UIContext, version: Version, base_title: Optional[str], pre
     if not overrides.get("sample_every_n_epochs"):
         prompt = ""
     cfg = presets.build_config(presets.VersionPaths.of(version), info.path if info else "", arch, preset,
-                                    vram, overrides, sample_prompt=prompt or None)
+                               vram, overrides, sample_prompt=prompt or None, native_resolution=_native(info))
     return cfg, arch
 
 
@@ -189,7 +203,7 @@ def estimate_text(ctx: UIContext, version: Optional[Version], base_title: Option
         est = presets.estimate(cfg, arch, speed, batch)
     except Exception as exc:  # a half-typed form: say what is wrong instead of an estimate
         return messages.md_escape(tr("No estimate yet: {error}", error=str(exc)))
-    if not est.images_per_epoch:
+    if not est.uses_per_epoch:
         return tr("No estimate yet: preprocess the pictures first.")
     return tr("**Estimate:** {text}", text=presets.describe_estimate(est))
 
@@ -216,7 +230,8 @@ def on_preset(ctx: UIContext, project: Optional[str], version_name: Optional[str
     version = ctx.version(project, version_name)
     preset, vram = _choices(preset_label, vram_label)
     current = _form(values)
-    form = preset_form(preset, vram, _arch(resolve_checkpoint(ctx, base_title)), keep=current)
+    info = resolve_checkpoint(ctx, base_title)
+    form = preset_form(preset, vram, _arch(info), keep=current, native_resolution=_native(info))
     if version is not None:
         save_form(ctx, version, base_title, preset, vram, form)
     return tuple(_field_updates(form) + [estimate_text(ctx, version, base_title, preset, vram, form)])
@@ -238,6 +253,8 @@ def on_change(ctx: UIContext, project: Optional[str], version_name: Optional[str
 
 
 def field_label(key: str) -> str:
+    if key == "pretrained_model_name_or_path":
+        return tr("Base model")
     f = train_fields.BY_KEY.get(key)
     return f.label() if f else key
 
@@ -255,31 +272,56 @@ def problems_for(ctx: UIContext, version: Version, base_title: Optional[str], pr
         problems.insert(0, presets.Problem("pretrained_model_name_or_path", tr("Choose a base model.")))
     if cfg.optimizer_type.lower() == "adamw8bit" and not cuda_available():
         problems.append(presets.Problem("optimizer_type", tr(
-            "AdamW8bit needs an NVIDIA GPU; this machine has none. Choose AdamW under \"Advanced\" (or a "
-            "larger VRAM tier).")))
+            "AdamW8bit needs an NVIDIA GPU; this machine has none. Choose AdamW.")))
     return cfg, problems
+
+
+def in_words(message: str) -> str:
+    """A message with the config keys it names replaced by the labels of their fields ("min_bucket_reso" →
+    "Smallest bucket side …"): the person sees labels, never keys."""
+    for f in sorted(train_fields.FIELDS, key=lambda f: -len(f.key)):
+        message = re.sub(rf"(?<![\w\"]){re.escape(f.key)}(?![\w])", f"\"{f.label()}\"", message)
+    return message
 
 
 def error_updates(problems: Sequence[Any]) -> List[str]:
     by_key: Dict[str, List[str]] = {k: [] for k in ERROR_KEYS}
     for p in problems:
         if p.field in by_key:
-            by_key[p.field].append(p.message)
+            by_key[p.field].append(in_words(p.message))
         else:
-            by_key["config"].append(f"{field_label(p.field)}: {p.message}")
+            by_key["config"].append(f"{field_label(p.field)}: {in_words(p.message)}")
     return [messages.error("\n".join(by_key[k])) if by_key[k] else "" for k in ERROR_KEYS]
+
+
+def problem_summary(problems: Sequence[Any]) -> str:
+    """The line beside Train: which fields to fix, by their labels (the details are beside each field)."""
+    named = [field_label(p.field) for p in problems
+             if p.field in train_fields.BY_KEY or p.field == "pretrained_model_name_or_path"]
+    named = list(dict.fromkeys(named))
+    if not named:
+        return tr("Fix the problems shown below first.")
+    return tr("Fix these fields first: {fields}.", fields=", ".join(named))
+
+
+def advanced_update(problems: Sequence[Any]) -> Any:
+    """Open "Advanced" when a problem is about one of its fields (else leave it as the person left it)."""
+    if any(p.field in ADVANCED_KEYS for p in problems):
+        return compat.update(open=True)
+    return compat.unchanged()
 
 
 def on_train(ctx: UIContext, project: Optional[str], version_name: Optional[str], base_title: Optional[str],
              preset_label: Any, vram_label: Any, *values: Any) -> Tuple[Any, ...]:
-    """Check the form, write config.toml and queue the run; returns (message, *field errors)."""
+    """Check the form, write config.toml and queue the run; returns (message, *field errors, Advanced)."""
     from lib_trainer.trainer.schema import save_config
 
     version = ctx.version(project, version_name)
     if version is None:
-        return tuple([messages.error(tr("Create or pick a project first."))] + _no_errors())
+        return tuple([messages.error(tr("Create or pick a project first."))] + _no_errors() + [compat.unchanged()])
     if version.busy:
-        return tuple([messages.warning(tr("This version is already training or queued."))] + _no_errors())
+        return tuple([messages.warning(tr("This version is already training or queued."))] + _no_errors() +
+                     [compat.unchanged()])
     preset, vram = _choices(preset_label, vram_label)
     form = _form(values)
     save_form(ctx, version, base_title, preset, vram, form)
@@ -289,17 +331,50 @@ def on_train(ctx: UIContext, project: Optional[str], version_name: Optional[str]
         notes.append(_apply_trigger(version, trigger))
     cfg, problems = problems_for(ctx, version, base_title, preset, vram, form)
     if problems or cfg is None:
-        return tuple([messages.error(tr("Fix the marked fields first."))] + error_updates(problems))
+        return tuple([messages.error(problem_summary(problems))] + error_updates(problems) +
+                     [advanced_update(problems)])
+    question = restart_question(ctx, version)
+    if question:
+        return tuple([messages.many([(question, "warning")] + [(n, "info") for n in notes if n])] + _no_errors() +
+                     [compat.unchanged()])
     save_config(cfg, version.config_path)
     try:
         job = ctx.runner.submit(version.project.name, version.name)
     except (ProjectError, ValueError) as exc:
-        return tuple([messages.error(str(exc))] + _no_errors())
+        return tuple([messages.error(str(exc))] + _no_errors() + [compat.unchanged()])
+    ctx.picked_checkpoints.pop(version.key, None)
     if job.position and job.position > 1:
         text = tr("Queued: {n} run(s) before this one.", n=job.position - 1)
     else:
         text = tr("Training starts now; progress shows below.")
-    return tuple([messages.many([(text, "ok")] + [(n, "info") for n in notes if n])] + _no_errors())
+    return tuple([messages.many([(text, "ok")] + [(n, "info") for n in notes if n])] + _no_errors() +
+                 [compat.unchanged()])
+
+
+RESTART_CONFIRM_S = 120.0  # a second Train within this long after the question starts over
+
+
+def restart_question(ctx: UIContext, version: Version) -> str:
+    """The question to ask before a fresh run moves the last run's checkpoints to the trash ("" when there are
+    none, or when Train was pressed again for the same checkpoints within RESTART_CONFIRM_S of the question)."""
+    outputs = version.checkpoints()
+    if not outputs:
+        return ""
+    asked = ctx.restart_asked.get(version.key)
+    count = len(outputs)
+    now = time.monotonic()
+    if asked is not None and asked[0] == count and now - asked[1] <= RESTART_CONFIRM_S:
+        del ctx.restart_asked[version.key]
+        return ""
+    ctx.restart_asked[version.key] = (count, now)
+    if version.state().get("resumable"):
+        return tr("\"{version}\" has {n} checkpoint(s) and a saved state from its last run. Resume continues that "
+                  "run. Press Train again to start over: the {n} checkpoint(s) then move to the trash (Restore at "
+                  "the top brings them back). To keep both runs, make a new version instead.",
+                  version=version.key, n=count)
+    return tr("\"{version}\" has {n} checkpoint(s) from its last run. Press Train again to start over: they then "
+              "move to the trash (Restore at the top brings them back). To keep both runs, make a new version "
+              "instead.", version=version.key, n=count)
 
 
 def _apply_trigger(version: Version, trigger: str) -> str:
@@ -331,10 +406,11 @@ def on_stop(ctx: UIContext, project: Optional[str], version_name: Optional[str])
         return ""
     try:
         outcome = ctx.runner.stop(version.project.name, version.name)
-    except (ProjectError, ValueError) as exc:
+    except (ProjectError, ValueError, OSError) as exc:  # OSError: a full disk (DiskFull says so)
         return messages.error(str(exc))
     return {
-        "stopping": messages.info(tr("Stopping: the trainer saves a checkpoint and its state, then ends.")),
+        "stopping": messages.info(tr("Stopping: the trainer ends the step it is in, saves a checkpoint and its "
+                                     "state, then ends.")),
         "dequeued": messages.ok(tr("Taken out of the queue.")),
     }.get(outcome, messages.info(tr("Nothing to stop.")))
 
@@ -363,10 +439,7 @@ def _component(f: train_fields.Field, value: Any = None) -> Any:
     if f.kind == "float":
         return gr.Number(label=label, value=value, elem_id=elem_id, min_width=120)
     if f.kind == "choice":
-        if f.key == "network_type":
-            choices = [train_fields.network_type_label(v) for v in f.choices]
-        else:
-            choices = [str(v) for v in f.choices]
+        choices = [train_fields.choice_label(f.key, v) for v in f.choices]
         return gr.Dropdown(label=label, choices=choices, value=None, elem_id=elem_id)
     return gr.Textbox(label=label, value=value or "", elem_id=elem_id)
 
@@ -395,28 +468,30 @@ def build(ctx: UIContext, project: Any, version: Any) -> TrainPanel:
             for f in row:
                 with gr.Column(min_width=120):
                     components[f.key] = _component(f)
-                    if f.key in ERROR_KEYS:
-                        errors[f.key] = gr.HTML("", elem_id=f"train_tools_error_{f.key}")
-    with gr.Accordion(tr("Advanced"), open=False, elem_id="train_tools_advanced"):
+                    errors[f.key] = gr.HTML("", elem_id=f"train_tools_error_{f.key}")
+    with gr.Accordion(tr("Advanced"), open=False, elem_id="train_tools_advanced") as advanced_section:
         advanced = [f for f in train_fields.FIELDS if f.advanced]
         for start in range(0, len(advanced), 4):
             with gr.Row():
                 for f in advanced[start:start + 4]:
                     with gr.Column(min_width=120):
                         components[f.key] = _component(f)
-                        if f.key in ERROR_KEYS:
-                            errors[f.key] = gr.HTML("", elem_id=f"train_tools_error_{f.key}")
-    estimate = gr.Markdown("", elem_id="train_tools_estimate")
-    errors["dataset"] = gr.HTML("", elem_id="train_tools_error_dataset")
-    errors["config"] = gr.HTML("", elem_id="train_tools_error_config")
+                        errors[f.key] = gr.HTML("", elem_id=f"train_tools_error_{f.key}")
+    # Nothing that a field's edit updates may sit above the buttons: leaving a field (blur, as the mouse goes down
+    # on Train) re-renders the estimate, and gradio 3.41 shifts everything below it for a few frames while it is
+    # pending, so the mouse went up beside the moved button and the first click after typing was lost.
     with gr.Row():
         train = gr.Button(tr("Train"), variant="primary", elem_id="train_tools_train")
         stop = gr.Button(tr("Stop"), variant="stop", elem_id="train_tools_stop")
         resume = gr.Button(tr("Resume"), elem_id="train_tools_resume")
+    estimate = gr.Markdown("", elem_id="train_tools_estimate")
     message = gr.HTML("", elem_id="train_tools_train_message")
+    errors["dataset"] = gr.HTML("", elem_id="train_tools_error_dataset")
+    errors["config"] = gr.HTML("", elem_id="train_tools_error_config")
 
     fields = [components[k] for k in train_fields.KEYS]
-    panel = TrainPanel(base_model, preset, vram, fields, errors, estimate, message, train, stop, resume)
+    panel = TrainPanel(base_model, preset, vram, fields, errors, estimate, message, train, stop, resume,
+                       advanced=advanced_section)
     head = [project, version, base_model, preset, vram]
 
     refresh_models.click(lambda: compat.update(choices=checkpoint_titles(ctx, refresh=True)), None, [base_model])
@@ -427,7 +502,7 @@ def build(ctx: UIContext, project: Any, version: Any) -> TrainPanel:
         event = compat.edited(components[key], typed=train_fields.BY_KEY[key].kind in ("int", "float", "text"))
         event(lambda *args: on_change(ctx, *args), head + fields, [estimate], queue=False,
               show_progress=compat.HIDDEN)
-    started = train.click(lambda *args: on_train(ctx, *args), head + fields, [message] + panel.error_outputs())
+    started = train.click(lambda *args: on_train(ctx, *args), head + fields, panel.train_outputs())
     stopped = stop.click(lambda p, v: on_stop(ctx, p, v), [project, version], [message])
     resumed = resume.click(lambda p, v: on_resume(ctx, p, v), [project, version], [message])
     panel.started = [started, stopped, resumed]

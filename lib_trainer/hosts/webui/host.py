@@ -35,7 +35,7 @@ from typing import Any, Optional
 from lib_trainer.common.i18n import tr
 from lib_trainer.hosts.base import (CheckpointInfo, Host, HostError, HostInterrupted, LoraStaging, Txt2ImgRequest,
                                     Txt2ImgResult, check_request, lora_prompt)
-from lib_trainer.hosts.checkpoint_files import detect_checkpoint_arch
+from lib_trainer.hosts.checkpoint_files import checkpoint_facts
 from lib_trainer.hosts.webui.flavors import detect_flavor
 from lib_trainer.hosts.webui.loras import WebUILoras
 from lib_trainer.hosts.webui.webui_modules import webui_module
@@ -54,7 +54,7 @@ class WebUIHost(WebUITaggers, WebUILoras, Host):
         self._scan_lock = threading.Lock()
         self._running: Optional[Txt2ImgRun] = None
         self._released = False
-        self._arch_cache: dict[tuple[str, int, int], str] = {}
+        self._facts_cache: dict[tuple[str, int, int], tuple[str, Optional[int]]] = {}
         self._staging: Optional[LoraStaging] = None
         self._wd14_refreshed = False
 
@@ -66,20 +66,28 @@ class WebUIHost(WebUITaggers, WebUILoras, Host):
                 refresh_checkpoints = getattr(shared, "refresh_checkpoints", None)
                 (refresh_checkpoints or sd_models.list_models)()
             infos = list(sd_models.checkpoints_list.values())
-        return [CheckpointInfo(title=info.title, path=os.path.abspath(info.filename), arch=self._arch(info.filename),
-                               hash=getattr(info, "shorthash", None)) for info in infos]
+        listing = []
+        for info in infos:
+            arch, resolution = self._facts(info.filename)
+            listing.append(CheckpointInfo(title=info.title, path=os.path.abspath(info.filename), arch=arch,
+                                          hash=getattr(info, "shorthash", None), resolution=resolution))
+        return listing
 
-    def _arch(self, filename: str) -> str:
+    def _facts(self, filename: str) -> tuple[str, Optional[int]]:
+        """(architecture, native resolution) of a checkpoint, read once per file version."""
         path = Path(filename)
         try:
             st = path.stat()
         except OSError:
-            return "unknown"
+            return "unknown", None
         key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-        arch = self._arch_cache.get(key)
-        if arch is None:
-            arch = self._arch_cache[key] = detect_checkpoint_arch(path)
-        return arch
+        facts = self._facts_cache.get(key)
+        if facts is None:
+            facts = self._facts_cache[key] = checkpoint_facts(path)
+        return facts
+
+    def _arch(self, filename: str) -> str:
+        return self._facts(filename)[0]
 
     def _checkpoint(self, wanted: Optional[str]) -> Any:
         """The WebUI's CheckpointInfo for a path or title (None: the WebUI's current one)."""
