@@ -1,11 +1,12 @@
 """Every GPU measurement of issue 16 in one short session on a bare GPU machine (no network), JSON under $OUT.
 
-Here, once (a machine with PyPI, and an sd-scripts checkout as bench/README.md makes it):
+Here, once (a machine with PyPI, and an sd-scripts checkout as bench/README.md makes it; the .venv's Python,
+which finds CLIP's vocabulary in its open_clip):
 
-    python3 bench/gpu_session.py prepare --sd-scripts /tmp/sd-scripts/repo
+    .venv/bin/python bench/gpu_session.py prepare --sd-scripts /tmp/sd-scripts/repo
 
 fills the gitignored ``.whl/`` folder: the wheels the GPU machine lacks (for Python 3.12; ``--python-version``),
-in ``ours/`` (the trainer's pins), ``sd-scripts/`` (sd-scripts' pins) and ``common/`` (what both take: a
+in ``ours/`` (the exact pins of requirements-trainer.txt), ``sd-scripts/`` (sd-scripts' pins) and ``common/`` (what both take: a
 transformers that has wheels for Python 3.12 with its tokenizers, huggingface-hub and safetensors; accelerate),
 sd-scripts' own code in ``sd-scripts-src/`` (the .py files at its top, library/, networks/; copied from the
 checkout, never committed) and CLIP's BPE vocabulary in ``clip/`` (the machine has no open_clip). Then, on the GPU
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -52,8 +54,7 @@ DEFAULT_WHEELS = ROOT / ".whl"
 WHEELS = {
     "common": ["transformers==4.54.1", "tokenizers==0.21.4", "huggingface-hub==0.34.3", "safetensors==0.4.5",
                "accelerate==1.6.0"],
-    "ours": ["diffusers==0.29.2", "lycoris-lora==3.4.0", "toml==0.10.2", "prodigyopt==1.1.2", "lion-pytorch==0.2.5",
-             "tensorboardX==2.6.2.2"],
+    "ours": [],  # the exact pins of requirements-trainer.txt (ours_pins), less the CUDA-only ones
     "sd-scripts": ["diffusers==0.32.1", "toml==0.10.2", "voluptuous==0.15.2", "imagesize==1.4.1"],
 }
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
@@ -68,6 +69,17 @@ ESTIMATE_S = {"install": 40, "weights-sd1": 25, "weights-sdxl": 60, "gpu-sd15-51
               "gpu-sd15-512-b4-fp16": 100, "gpu-sdxl-1024-b1-bf16-gc": 170, "train_speed": 210}
 
 
+def ours_pins(requirements: Path = ROOT / "requirements-trainer.txt") -> list[str]:
+    """``name==version`` lines of the trainer's requirements, less those for a host kind ("when: ..."; bitsandbytes
+    is not used here); the ranges below them (transformers>=4.30, ...) are the machine's or common/'s."""
+    pins = []
+    for line in requirements.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+==[^\s#;]+)", line)
+        if match and "when:" not in line:
+            pins.append(match.group(1))
+    return pins
+
+
 def log(message: str) -> None:
     print(f"[gpu_session {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -76,7 +88,7 @@ def log(message: str) -> None:
 
 def prepare(args) -> int:
     wheels: Path = args.wheels
-    for group, specs in WHEELS.items():
+    for group, specs in dict(WHEELS, ours=ours_pins()).items():
         folder = wheels / group
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)

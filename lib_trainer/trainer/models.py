@@ -54,7 +54,7 @@ class LoadedModel:
 
 
 def set_attention(model: LoadedModel, attention: str) -> None:
-    """The UNet's and the VAE's attention: "sdpa" is PyTorch's scaled_dot_product_attention (diffusers 0.29 gives
+    """The UNet's and the VAE's attention: "sdpa" is PyTorch's scaled_dot_product_attention (diffusers gives
     every attention layer its AttnProcessor2_0 whenever torch has it, so it is what a loaded model already has;
     on CUDA it picks the flash or memory-efficient kernels), "eager" the plain matmul-softmax-matmul (slower,
     more memory; for comparisons). The text encoders keep the attention their transformers version has."""
