@@ -303,6 +303,7 @@ class MemoryMonitor(threading.Thread):
         self.pid = pid
         self.gpu = gpu and shutil.which("nvidia-smi") is not None
         self.peak_rss_kib = 0
+        self.peak_rss_at = 0.0  # when (time.time()) the summed RSS peaked
         self.peak_pss_kib = 0
         self.max_processes = 0
         self.gpu_base_mib = self._gpu_used() if self.gpu else None
@@ -322,7 +323,9 @@ class MemoryMonitor(threading.Thread):
         while not self._stop_event.is_set():
             pids = _tree(self.pid)
             self.max_processes = max(self.max_processes, len(pids))
-            self.peak_rss_kib = max(self.peak_rss_kib, sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids))
+            rss = sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids)
+            if rss > self.peak_rss_kib:
+                self.peak_rss_kib, self.peak_rss_at = rss, time.time()
             if time.monotonic() >= next_pss:  # smaps_rollup walks the page tables: ~10 ms for a 6 GiB process
                 self.peak_pss_kib = max(self.peak_pss_kib, sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids))
                 next_pss = time.monotonic() + PSS_POLL_S
@@ -370,6 +373,7 @@ def run_monitored(argv: list[str], env: dict, cwd: Path, log_path: Path, gpu: bo
     row: dict[str, Any] = {
         "exit_code": proc.returncode, "t_launch": t_launch, "run_s": round(t_exit - t_launch, 3),
         "peak_rss_mib": round(monitor.peak_rss_kib / 1024, 1), "peak_pss_mib": round(monitor.peak_pss_kib / 1024, 1),
+        "peak_rss_at_s": round(monitor.peak_rss_at - t_launch, 1) if monitor.peak_rss_at else None,
         "max_rss_mib": round(usage.ru_maxrss / 1024, 1), "processes": monitor.max_processes,
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "loadavg_1m_before": round(load_before, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
