@@ -72,12 +72,14 @@ def test_rescaled_latents_are_unit_std_and_decode_the_same(random_toy):
 
 @pytest.fixture
 def tiny_pretraining(monkeypatch):
-    """The pretraining with a 48-picture pool, batches of 4 and a save every 2 steps."""
+    """The pretraining with a 48-picture pool, batches of 4 and a save every 2 steps, without the judge's look at
+    the drawings (tests/test_toy_quality.py looks at the committed model's)."""
     from lib_trainer.demo import pretrain
 
     for name, value in (("POOL_SIZE", 48), ("HELD_OUT", 8), ("VAE_BATCH", 4), ("UNET_BATCH", 4),
                         ("SAVE_EVERY", 2), ("UNET_WARMUP", 2)):
         monkeypatch.setattr(pretrain, name, value)
+    monkeypatch.setattr(pretrain, "judged_drawings", lambda checkpoint, work: None)  # a minute of drawing
     return pretrain
 
 

@@ -15,7 +15,7 @@ started again with the same arguments continues where it was:
    tags shuffled, an EMA of the weights kept and exported.
 
 The file is written in SD1's single-file LDM layout (fp16) with a JSON of the run beside it (command, seed, steps,
-time, machine and load, the numbers reached). ``--minutes`` sets the step counts from a short timing at the start;
+time, machine and load, the numbers reached, and how often its drawings show what was prompted, by the judge). ``--minutes`` sets the step counts from a short timing at the start;
 the counts are recorded, and ``--vae-steps/--unet-steps`` with them rebuild the same file. ``--export-now`` writes
 the file from the state saved so far (the UNet's last save, every 200 steps) without training: the notes' and the
 file's step counts say how far it was, and the same command without it goes on to the end.
@@ -433,6 +433,16 @@ def plan_steps(minutes: float, model, pool: np.ndarray, seed: int) -> tuple[int,
     return max(100, vae_steps), max(100, unet_steps)
 
 
+def judged_drawings(checkpoint: Path, work: Path) -> Optional[dict[str, Any]]:
+    """What the written file draws through the standalone host (Euler a, 20 steps, CFG 7), read by the judge."""
+    from lib_trainer.demo import judge, lora_quality
+
+    if not judge.JUDGE_FILE.is_file():
+        return None
+    drawer = lora_quality.Drawer(checkpoint, work / "host")
+    return lora_quality.prompt_following(drawer, judge.Judge.load())
+
+
 def use_trainer_deps() -> None:
     """The trainer's private packages (diffusers, …) on the path, as the trainer subprocess has them."""
     from lib_trainer import deps
@@ -523,6 +533,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "modelspec.resolution": f"{toy_model.TOY_SIZE}x{toy_model.TOY_SIZE}",
                 "train_tools_toy_steps": json.dumps({"vae": vae_report["steps"], "unet": unet_report["steps"]})}
     toy_model.save_checkpoint(toy_model.parts_of(model), args.out, metadata)
+    numbers["judged_drawings"] = judged_drawings(args.out, work)
     args.out.with_suffix(".json").write_text(json.dumps(notes, indent=1) + "\n", encoding="utf-8")
     summary = {k: notes[k] for k in ("seed", "vae_steps", "unet_steps", "unet_steps_trained",
                                      "wall_minutes_this_session", "stage_minutes")}

@@ -13,6 +13,7 @@ own number and seeing where each number lands, so no conversion table is written
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -105,8 +106,13 @@ def ldm_key_map(config: dict[str, Any] | None = None) -> dict[tuple[str, str], t
 
     A checkpoint is built whose tensor number i holds ``i * 1000 + (element index mod 1000)``, loaded by the
     trainer's loader (diffusers' converters), and each loaded tensor is traced back by its first value and checked
-    element by element (reshapes are allowed, any other change is an error)."""
-    config = config or TOY_CONFIG
+    element by element (reshapes are allowed, any other change is an error). Worked out once per config."""
+    return dict(_ldm_key_map(json.dumps(config or TOY_CONFIG, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=4)
+def _ldm_key_map(config_json: str) -> dict[tuple[str, str], tuple[str, tuple[int, ...]]]:
+    config = json.loads(config_json)
     template = build_state_dict(config, 0, torch.float32)
     numbered: dict[str, torch.Tensor] = {}
     names: list[str] = []
