@@ -46,6 +46,15 @@ def main() -> int:
         emit("checkpoint", epoch=1, step=step, path=str(path))
         return str(path)
 
+    def stopped(step: int) -> int:
+        """What a stopped trainer writes: a checkpoint, a state folder and an interrupted ``done``."""
+        path = checkpoint(step, f"-step{step:08d}")
+        state = out / f"{cfg.output_name}-step{step:08d}-state"
+        state.mkdir(exist_ok=True)
+        (state / "train_state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
+        emit("done", checkpoints=[path], interrupted=True, steps=step)
+        return 0
+
     if mode == "garbage":
         print(f"cwd={os.getcwd()} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
         print(f"PYTHONPATH={os.environ.get('PYTHONPATH')}", flush=True)
@@ -89,12 +98,7 @@ def main() -> int:
             emit("step", step=step, epoch=1, loss=0.5, lr=0.001, it_per_s=0.5, eta_s=2000.0)
             time.sleep(0.2)
         time.sleep(2.5)  # the rest of the step it was in: longer than stop_timeout_s alone
-        path = checkpoint(step, f"-step{step:08d}")
-        state = out / f"{cfg.output_name}-step{step:08d}-state"
-        state.mkdir(exist_ok=True)
-        (state / "train_state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
-        emit("done", checkpoints=[path], interrupted=True, steps=step)
-        return 0
+        return stopped(step)
 
     if mode == "stubborn":
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -106,12 +110,7 @@ def main() -> int:
         step += 1
         emit("step", step=step, epoch=1, loss=1.0 / step, lr=0.001, it_per_s=20.0, eta_s=5000.0)
         time.sleep(0.05)
-    path = checkpoint(step, f"-step{step:08d}")
-    state = out / f"{cfg.output_name}-step{step:08d}-state"
-    state.mkdir(exist_ok=True)
-    (state / "train_state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
-    emit("done", checkpoints=[path], interrupted=True, steps=step)
-    return 0
+    return stopped(step)
 
 
 if __name__ == "__main__":
