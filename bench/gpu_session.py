@@ -5,17 +5,18 @@ which finds CLIP's vocabulary in its open_clip):
 
     .venv/bin/python bench/gpu_session.py prepare --sd-scripts /tmp/sd-scripts/repo
 
-fills the gitignored ``.whl/`` folder: the wheels the GPU machine lacks (for Python 3.12; ``--python-version``),
-in ``ours/`` (the exact pins of requirements-trainer.txt), ``sd-scripts/`` (sd-scripts' pins) and ``common/`` (what both take: a
-transformers that has wheels for Python 3.12 with its tokenizers, huggingface-hub and safetensors; accelerate),
-sd-scripts' own code in ``sd-scripts-src/`` (the .py files at its top, library/, networks/; copied from the
-checkout, never committed) and CLIP's BPE vocabulary in ``clip/`` (the machine has no open_clip). Then, on the GPU
-machine (the device call: ``run(command="python3 bench/gpu_session.py run --budget-s 450", carry=[".whl"],
-timeout_s=540)``):
+fills the gitignored ``.whl/`` folder with ``bundle.tar.xz`` (the wheels unpacked into one site folder per side,
+packed with xz: the wheels themselves no longer fit the device's 64 MiB beside the working tree): the wheels the GPU
+machine lacks (for Python 3.12; ``--python-version``), in ``ours/`` (the exact pins of requirements-trainer.txt),
+``sd-scripts/`` (sd-scripts' pins) and ``common/`` (what both take: a transformers that has wheels for Python 3.12
+with its tokenizers, huggingface-hub and safetensors; accelerate), sd-scripts' own code in ``sd-scripts-src/`` (the
+.py files at its top, library/, networks/; copied from the checkout, never committed) and CLIP's BPE vocabulary in
+``clip/`` (the machine has no open_clip). Then, on the GPU machine (the device call: ``run(command="python3
+bench/gpu_session.py run --budget-s 450", carry=[".whl"], timeout_s=540)``):
 
     python3 bench/gpu_session.py run [--budget-s 450]
 
-1. installs the wheels into <work>/site-ours and <work>/site-sds (pip --no-index --no-deps --target);
+1. unpacks the bundle into <work>/bundle (site-ours, site-sds, sd-scripts-src, clip);
 2. draws full-size random SD1.5 and SDXL checkpoints on the GPU (``build_state_dict(..., device="cuda")``);
 3. runs, in this order while the budget lasts (each step is skipped when its estimate no longer fits):
    bench/vs_sd_scripts.py for SD1.5 512 px batch 1 (fp16), SDXL 1024 px batch 1 (bf16, gradient checkpointing,
@@ -38,7 +39,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -87,7 +91,11 @@ def log(message: str) -> None:
 # ---- prepare (here) -----------------------------------------------------------------------------------------------
 
 def prepare(args) -> int:
-    wheels: Path = args.wheels
+    """The wheels, sd-scripts' code and CLIP's vocabulary in a staging folder, then .whl/bundle.tar.xz of them
+    with the wheels already unpacked into each side's site folder: solid xz packs the Python sources far tighter
+    than the wheels' per-file zip (about 2.5x), and the tree that travels to the GPU machine has a 64 MiB limit."""
+    wheels: Path = args.staging or Path(tempfile.gettempdir()) / f"gpu_session_prepare-{args.python_version}"
+    shutil.rmtree(wheels, ignore_errors=True)
     for group, specs in dict(WHEELS, ours=ours_pins()).items():
         folder = wheels / group
         shutil.rmtree(folder, ignore_errors=True)
@@ -116,9 +124,61 @@ def prepare(args) -> int:
 
     (wheels / "clip").mkdir(exist_ok=True)
     shutil.copy2(find_bpe_vocab(), wheels / "clip" / BPE_FILE)
-    total = sum(f.stat().st_size for f in wheels.rglob("*") if f.is_file())
-    log(f"{wheels}: {total / 2**20:.1f} MiB (limit {MAX_WHEELS_MIB} MiB), sd-scripts {commit}")
-    return 0 if total <= MAX_WHEELS_MIB * 2**20 else 1
+    bundle = write_bundle(wheels, args.wheels)
+    total = bundle.stat().st_size
+    tree = travelling_tree_bytes()
+    log(f"{bundle}: {total / 2**20:.1f} MiB (limit {MAX_WHEELS_MIB} MiB), sd-scripts {commit}; with the working tree "
+        f"{(tree + total) / 2**20:.1f} MiB travel to the device (its limit: {DEVICE_TREE_MIB} MiB)")
+    return 0 if total <= MAX_WHEELS_MIB * 2**20 and tree + total <= DEVICE_TREE_MIB * 2**20 else 1
+
+
+DEVICE_TREE_MIB = 64
+
+
+def travelling_tree_bytes() -> int:
+    """Tracked and untracked-not-ignored files of this checkout: what the device call sends besides the carry."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True).stdout.split(b"\0")
+    return sum((ROOT / name.decode()).stat().st_size for name in listed if name and (ROOT / name.decode()).is_file())
+
+
+SIDES = {"site-ours": ["common", "ours"], "site-sds": ["common", "sd-scripts"]}
+BUNDLE = "bundle.tar.xz"
+
+
+def unpack_wheel(wheel: Path, site: Path) -> None:
+    """What pip install --target does for a wheel, less its scripts: the archive into site, with the contents of
+    <name>.data/purelib and platlib moved to the top."""
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.infolist():
+            parts = member.filename.split("/")
+            if parts[0].endswith(".data"):
+                if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                    continue
+                parts = parts[2:]
+            target = site.joinpath(*parts)
+            if member.is_dir():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def write_bundle(staging: Path, out_dir: Path) -> Path:
+    for side, groups in SIDES.items():
+        site = staging / side
+        shutil.rmtree(site, ignore_errors=True)
+        for group in groups:
+            for wheel in sorted((staging / group).glob("*.whl")):
+                unpack_wheel(wheel, site)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.iterdir():  # the carried folder holds the bundle only
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    bundle = out_dir / BUNDLE
+    with tarfile.open(bundle, "w:xz", preset=9) as tar:
+        for name in (*SIDES, "sd-scripts-src", "clip"):
+            tar.add(staging / name, arcname=name)
+    return bundle
 
 
 # ---- run (there) --------------------------------------------------------------------------------------------------
@@ -204,6 +264,19 @@ def install(session: Session, wheels: Path) -> dict[str, str]:
     return {side: str(folder) for side, folder in sites.items()}
 
 
+def unpack_bundle(session: Session, bundle: Path) -> Path:
+    """prepare's bundle into <work>/bundle: site-ours, site-sds (wheels already unpacked), sd-scripts-src, clip."""
+    folder = session.work / "bundle"
+    shutil.rmtree(folder, ignore_errors=True)
+    t0 = time.monotonic()
+    with tarfile.open(bundle, "r:xz") as tar:
+        tar.extractall(folder, filter="data")
+    session.result["steps"].append({"step": "unpack", "seconds": round(time.monotonic() - t0, 1),
+                                    "bundle_mib": round(bundle.stat().st_size / 2**20, 1)})
+    session.save()
+    return folder
+
+
 def environment(session: Session, python: str, env: dict) -> None:
     code = ("import json, torch, platform; print(json.dumps({'python': platform.python_version(), 'torch': "
             "torch.__version__, 'cuda': torch.version.cuda, 'device': torch.cuda.get_device_name() if "
@@ -226,13 +299,16 @@ def run(args) -> int:
     wheels: Path = args.wheels
     base_env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     base_env.pop("PYTHONPATH", None)
-    bpe = wheels / "clip" / "bpe_simple_vocab_16e6.txt.gz"
-    if bpe.is_file():
-        base_env["TRAIN_TOOLS_CLIP_BPE"] = str(bpe)
-    if args.no_install:
+    if (wheels / BUNDLE).is_file() and not args.no_install:
+        wheels = unpack_bundle(session, wheels / BUNDLE)  # site folders, sd-scripts' code, clip/
+        sites = {"ours": str(wheels / "site-ours"), "sd-scripts": str(wheels / "site-sds")}
+    elif args.no_install:
         sites = {"ours": str(args.ours_deps), "sd-scripts": None}
     else:
         sites = install(session, wheels)
+    bpe = wheels / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+    if bpe.is_file():
+        base_env["TRAIN_TOOLS_CLIP_BPE"] = str(bpe)
     sds_src = args.sd_scripts or (wheels / "sd-scripts-src")
     sds_python = args.sd_scripts_python or sys.executable
     py = sys.executable
@@ -303,9 +379,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = sub.add_parser("prepare", help="fill .whl/ here (needs PyPI and an sd-scripts checkout)")
     p.add_argument("--sd-scripts", type=Path, required=True)
     p.add_argument("--python-version", default="3.12", help="the GPU machine's Python (default 3.12)")
-    p.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS)
+    p.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS, help="where the bundle goes (emptied first)")
+    p.add_argument("--staging", type=Path, help="where the wheels are downloaded and unpacked (default: a /tmp folder)")
     r = sub.add_parser("run", help="measure (on the GPU machine)")
-    r.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS)
+    r.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS,
+                   help=f"prepare's folder ({BUNDLE}; or the wheels in common/, ours/, sd-scripts/, as before)")
     r.add_argument("--budget-s", type=float, default=450, help="wall-clock budget of the whole session")
     r.add_argument("--work", default="/tmp/gpu_session", help="scratch folder (checkpoints: 2 + 7 GB)")
     r.add_argument("--out-dir", help="where the JSON goes when $OUT is unset")
