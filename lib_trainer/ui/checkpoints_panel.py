@@ -257,6 +257,15 @@ def on_pick_checkpoint(ctx: UIContext, project: Optional[str], version_name: Opt
     return checkpoint_gallery(version, checkpoint), (promote.default_name(version, ckpt) if ckpt else "")
 
 
+def on_pick_grid(ctx: UIContext, project: Optional[str], version_name: Optional[str],
+                 choice: Optional[str]) -> List[Tuple[str, str]]:
+    """The grid of the prompt picked in the dropdown (kept while the polls refresh the panel)."""
+    version = ctx.version(project, version_name)
+    if version is not None and choice:
+        ctx.picked_grids[version.key] = choice
+    return grid_items(version, choice)
+
+
 def on_use(ctx: UIContext, project: Optional[str], version_name: Optional[str], checkpoint: Optional[str],
            name: str, weight: Any, send: bool, overwrite: bool) -> Tuple[str, Any, str]:
     """Copy the checkpoint into the host's Lora folder; returns (message, name box, prompt to send)."""
@@ -382,7 +391,7 @@ def build(ctx: UIContext, project: Any, version: Any) -> CheckpointsPanel:
     preview_one.click(lambda p, v, c, *s: on_preview(ctx, p, v, c, True, *s), sel + [checkpoint] + settings,
                       [message])
     stop_preview.click(lambda p, v: on_stop_preview(ctx, p, v), sel, [message], queue=False)
-    grid_prompt.input(lambda p, v, g: grid_items(ctx.version(p, v), g), sel + [grid_prompt], [grids], queue=False)
+    grid_prompt.input(lambda p, v, g: on_pick_grid(ctx, p, v, g), sel + [grid_prompt], [grids], queue=False)
     checkpoint.input(lambda p, v, c: on_pick_checkpoint(ctx, p, v, c), sel + [checkpoint], [gallery, use_name],
                      queue=False)
     used = use.click(lambda p, v, c, n, w, s, o: on_use(ctx, p, v, c, n, w, s, o),
@@ -397,5 +406,5 @@ def build(ctx: UIContext, project: Any, version: Any) -> CheckpointsPanel:
 
 
 __all__ = ["CheckpointsPanel", "build", "live", "on_refresh", "on_preview", "on_stop_preview", "on_use",
-           "on_keep_request", "on_keep_confirm", "on_pick_checkpoint", "table_markdown", "grid_items",
+           "on_pick_grid", "on_keep_request", "on_keep_confirm", "on_pick_checkpoint", "table_markdown", "grid_items",
            "checkpoint_gallery", "preview_settings", "SEND_JS"]

@@ -54,6 +54,7 @@ class UIContext:
         # version key → the checkpoint the person picked in the Checkpoints step; until they pick one, the picker
         # follows the suggested checkpoint (which changes while training writes new ones)
         self.picked_checkpoints: dict = {}
+        self.picked_grids: dict = {}  # version key → the grid (prompt) the person chose, likewise
         # version key → (checkpoints, when) of the question asked before Train moves a last run's checkpoints to
         # the trash; the same Train pressed again soon after goes ahead
         self.restart_asked: dict = {}

@@ -14,6 +14,8 @@ parts talk:
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -87,6 +89,54 @@ def poll(ctx: UIContext, project: Optional[str], version_name: Optional[str], se
     return progress + live + [seen]
 
 
+class PageStates:
+    """What each open page last sent with a poll (project, version, picked checkpoint and grid, ``seen``), by gradio
+    session, so that the periodic poll takes no inputs.
+
+    Gradio 4.40's page (Forge) logs "Too many arguments provided for the endpoint." for every event with inputs: it
+    looks the event's parameters up among the unnamed endpoints, which that version never lists. Events the person
+    starts are few; the poll runs every two seconds (265 warnings in 9 minutes). So the poll that follows an action
+    sends the page's values as before and records them here, and the periodic one reads them."""
+
+    LIMIT = 64  # pages remembered (the oldest goes first)
+
+    def __init__(self) -> None:
+        self._pages: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, session: str, **values: Any) -> None:
+        with self._lock:
+            page = self._pages.pop(session, {})
+            page.update(values)
+            self._pages[session] = page
+            while len(self._pages) > self.LIMIT:
+                self._pages.popitem(last=False)
+
+    def get(self, session: str) -> Optional[Dict[str, Any]]:
+        with self._lock:
+            page = self._pages.get(session)
+            return dict(page) if page is not None else None
+
+
+def session_of(request: Any) -> str:
+    return str(getattr(request, "session_hash", None) or "")
+
+
+def poll_recorded(ctx: UIContext, pages: PageStates, session: str) -> List[Any]:
+    """The periodic poll: :func:`poll` for the page's recorded values (without the ``seen`` output, kept here);
+    nothing changes for a page that has sent none yet. The checkpoint and grid picked since are the person's."""
+    page = pages.get(session)
+    if page is None or "project" not in page:
+        return [compat.unchanged()] * (8 + 9)
+    project, version = page["project"], page["version"]
+    key = f"{project}/{version}"
+    checkpoint = ctx.picked_checkpoints.get(key, page.get("checkpoint"))
+    grid = ctx.picked_grids.get(key, page.get("grid"))
+    out = poll(ctx, project, version, page.get("seen"), checkpoint, grid)
+    pages.put(session, seen=out[-1])
+    return out[:-1]
+
+
 def on_load(ctx: UIContext) -> Tuple[Any, Any]:
     project, version = ctx.initial_selection()
     return (compat.update(choices=ctx.project_names(), value=project),
@@ -130,8 +180,18 @@ def build_tab(ctx: UIContext) -> gr.Blocks:
                     list(captions_panel.on_refresh(ctx, p, v)) + list(train_panel.on_refresh(ctx, p, v)) +
                     list(checkpoints_panel.on_refresh(ctx, p, v)) + [{}, [p, v]])
 
-        def do_poll(p, v, s, c, g):
-            return poll(ctx, p, v, s, c, g)
+        pages = PageStates()
+
+        def do_poll(p, v, s, c, g, request: gr.Request = None):
+            """The poll that follows an action: the page's own values (recorded for the periodic poll)."""
+            session = session_of(request)
+            pages.put(session, project=p, version=v, checkpoint=c, grid=g)
+            out = poll(ctx, p, v, s, c, g)
+            pages.put(session, seen=out[-1])
+            return out
+
+        def periodic_poll(request: gr.Request = None):
+            return poll_recorded(ctx, pages, session_of(request))
 
         # What changes the selection refreshes every panel in the same event: a separate refresh event could
         # answer after an upload sent meanwhile and put back the report of before it.
@@ -151,7 +211,7 @@ def build_tab(ctx: UIContext) -> gr.Blocks:
         version.change(lambda p, v, s, now: refresh_all(p, v, s, now, force=False), [project, version, seen, shown],
                        all_outputs, show_progress=compat.HIDDEN).then(do_poll, poll_inputs, poll_outputs,
                                                                       show_progress=compat.HIDDEN)
-        progress["poll"].click(do_poll, poll_inputs, poll_outputs, queue=False, show_progress=compat.HIDDEN)
+        progress["poll"].click(periodic_poll, None, poll_outputs[:-1], queue=False, show_progress=compat.HIDDEN)
 
         # What one panel changes, the others show.
         for event in dataset.import_done:
@@ -170,4 +230,4 @@ def build_tab(ctx: UIContext) -> gr.Blocks:
     return tab
 
 
-__all__ = ["build_tab", "poll", "on_load", "install_js", "css", "checkpoints_stamps"]
+__all__ = ["build_tab", "poll", "poll_recorded", "PageStates", "session_of", "on_load", "install_js", "css", "checkpoints_stamps"]
