@@ -1,80 +1,93 @@
-"""A complete training run on an embedded default, in about a minute on a CPU.
+"""A complete training run on an embedded default, in a few minutes on a CPU.
 
-    python -m lib_trainer.demo [--arch sd1|sd2-v|sdxl] [--root DIR] [--epochs N]
+    python -m lib_trainer.demo [--arch toy|sd1|sd2-v|sdxl] [--root DIR] [--epochs N]
 
-Writes a tiny randomly initialised checkpoint, draws a small dataset of pictures with captions, lays them out
-the way a Train Tools project is laid out on disk, and runs the real trainer as a subprocess
-(``python -m lib_trainer.trainer config.toml``), showing its progress and the checkpoints it wrote.
+By default (``toy``) the base model is the committed toy SD1 model (``lib_trainer.demo.toy_model``), pretrained on
+the toy world of coloured shapes, and the dataset is the toy world's new concept: 12 pictures of a star it never
+saw, captioned ``tt_star, red star, white background`` and so on. The pictures are laid out the way a Train Tools
+project is laid out on disk and the real trainer runs as a subprocess (``python -m lib_trainer.trainer
+config.toml``), drawing a sample of ``tt_star`` every epoch; at the end the judge (``lib_trainer.demo.judge``)
+says in which epoch's sample the star appears. ``sd1``, ``sd2-v`` and ``sdxl`` train randomly initialised tiny
+models instead (they show the flow, their samples are noise).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 from lib_trainer import deps
+from lib_trainer.demo import toy_model, toy_world
 from lib_trainer.demo.tiny_model import write_tiny_checkpoint
 from lib_trainer.trainer.schema import TrainConfig, save_config
 
-COLOURS = {"red": (200, 40, 40), "blue": (40, 70, 200), "green": (40, 160, 60), "yellow": (230, 200, 40)}
+REPEATS = 5  # 12 pictures x 5 = 60 per epoch: 15 steps of batch 4
+SAMPLE_PROMPTS = ("tt_star, red star, white background", "tt_star, green star, black background")
 
 
-def draw_dataset(folder: Path, count: int, seed: int = 0) -> None:
-    """Simple 'tt_dog' pictures: a round face with ears and eyes on coloured backgrounds, with captions."""
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    names = list(COLOURS)
-    for i in range(count):
-        background = names[i % len(names)]
-        w, h = rng.choice([(128, 128), (160, 128), (128, 160)])
-        image = Image.new("RGB", (w, h), COLOURS[background])
-        d = ImageDraw.Draw(image)
-        cx, cy, r = w // 2 + rng.randint(-10, 10), h // 2 + rng.randint(-10, 10), rng.randint(28, 40)
-        d.ellipse((cx - r - 14, cy - r, cx - r + 10, cy - r + 30), fill=(90, 60, 30))  # ears
-        d.ellipse((cx + r - 10, cy - r, cx + r + 14, cy - r + 30), fill=(90, 60, 30))
-        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(170, 120, 70))
-        d.ellipse((cx - 12, cy - 8, cx - 4, cy), fill=(0, 0, 0))
-        d.ellipse((cx + 4, cy - 8, cx + 12, cy), fill=(0, 0, 0))
-        image.save(folder / f"dog_{i:02d}.png")
-        (folder / f"dog_{i:02d}.txt").write_text(f"tt_dog, dog, {background} background", encoding="utf-8")
+def judge_samples(sample_dir: Path) -> list[str]:
+    """One line per sample picture: what the judge sees in it."""
+    from PIL import Image
+
+    from lib_trainer.demo.judge import Judge
+    from lib_trainer.demo.lora_quality import star_drawn
+
+    paths = sorted(sample_dir.glob("*.png"))
+    if not paths:
+        return []
+    images = [Image.open(p).convert("RGB") for p in paths]
+    lines = []
+    for path, image, verdict in zip(paths, images, Judge.load()(images)):
+        seen = ", ".join(f"{c} {s}" for c, s in sorted(verdict.pairs)) or "nothing it knows"
+        star = "a star" if star_drawn(image, verdict) else "no star"
+        lines.append(f"  {path.name}: {star} ({seen}, {verdict.background} background)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib_trainer.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=("sd1", "sd2-v", "sdxl"), default="sd1")
+    parser.add_argument("--arch", choices=("toy", "sd1", "sd2-v", "sdxl"), default="toy",
+                        help="toy: the pretrained toy SD1 model (default); others: random tiny models")
     parser.add_argument("--root", default="outputs/train_tools", help="workspace folder (default: outputs/train_tools)")
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
-    model = root / "models" / f"tiny-{args.arch}.safetensors"
+    if args.arch == "toy":
+        model = toy_model.MODEL_FILE
+        if not model.is_file():
+            print(f"{model} is missing: build it with python -m lib_trainer.demo.pretrain, or use --arch sd1",
+                  file=sys.stderr)
+            return 1
+    else:
+        model = root / "models" / f"tiny-{args.arch}.safetensors"
+        if not model.exists():
+            write_tiny_checkpoint(args.arch, model)
     version = root / "projects" / "demo" / "versions" / "v1"
     train_dir = version / "dataset" / "train"
-    if not model.exists():
-        write_tiny_checkpoint(args.arch, model)
-    draw_dataset(train_dir / "2_tt_dog", count=8)
+    toy_world.write_folder(train_dir / f"{REPEATS}_{toy_world.TRIGGER}", toy_world.concept_dataset(), prefix="star")
     (version / "samples").mkdir(parents=True, exist_ok=True)
-    (version / "samples" / "prompts.txt").write_text(
-        "tt_dog, dog, red background --n blurry --w 64 --h 64 --s 8 --l 7 --d 1\n", encoding="utf-8"
-    )
+    for old in (version / "samples").glob("*.png"):
+        old.unlink()
+    size = toy_model.TOY_SIZE
+    (version / "samples" / "prompts.txt").write_text("".join(
+        f"{p} --w {size} --h {size} --s 20 --l 7 --d 1\n" for p in SAMPLE_PROMPTS), encoding="utf-8")
     cfg = TrainConfig(
         pretrained_model_name_or_path=str(model), v_parameterization=args.arch == "sd2-v",
         train_data_dir=str(train_dir), output_dir=str(version / "checkpoints"), output_name="demo",
-        resolution="64,64", enable_bucket=True, min_bucket_reso=64, max_bucket_reso=128, caption_extension=".txt",
-        max_train_epochs=args.epochs, save_every_n_epochs=1, train_batch_size=2, learning_rate=1e-3,
-        network_dim=4, network_alpha=2, seed=1234, shuffle_caption=True, keep_tokens=1, flip_aug=True,
-        cache_latents=True, logging_dir=str(version / "logs" / "tensorboard"),
-        events_file=str(version / "logs" / "events.jsonl"), sample_dir=str(version / "samples"),
-        sample_prompts=str(version / "samples" / "prompts.txt"), sample_every_n_epochs=2,
+        resolution=f"{size},{size}", caption_extension=".txt", max_train_epochs=args.epochs, save_every_n_epochs=1,
+        train_batch_size=4, learning_rate=2e-3, unet_lr=2e-3, text_encoder_lr=1e-3, lr_scheduler="constant",
+        network_dim=8, network_alpha=8, seed=1234, cache_latents=True,
+        logging_dir=str(version / "logs" / "tensorboard"), events_file=str(version / "logs" / "events.jsonl"),
+        sample_dir=str(version / "samples"), sample_prompts=str(version / "samples" / "prompts.txt"),
+        sample_every_n_epochs=1, sample_sampler="euler_a",
     )
     config_path = version / "config.toml"
     save_config(cfg, config_path)
-    print(f"training a LoRA on the tiny {args.arch} model; config: {config_path}", flush=True)
+    what = "the toy model" if args.arch == "toy" else f"a random tiny {args.arch} model"
+    print(f"training a LoRA of {toy_world.TRIGGER} (a star) on {what}; config: {config_path}", flush=True)
 
     process = subprocess.Popen(
         [sys.executable, "-m", "lib_trainer.trainer", str(config_path)],
@@ -105,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training failed: {message}", file=sys.stderr)
         return 1
     print(f"done: {len(result['checkpoints'])} checkpoints in {version / 'checkpoints'}")
+    if args.arch == "toy":
+        print("what the judge sees in each epoch's samples (the base model was never shown a star):")
+        for line in judge_samples(version / "samples"):
+            print(line)
     return 0
 
 
