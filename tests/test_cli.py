@@ -408,6 +408,10 @@ def test_preview_then_pick_never_overwrites(trained, torch_one_thread, tmp_path,
     assert code == 0 and doc["ok"] and doc["failed"] == []
     assert doc["total"] == 1 + 2 * 3 and doc["reused"] == 5 and doc["drawn"] == 2
     assert [line["done"] for line in lines if line.get("event") == "cell"] == [6, 7]
+    # drawn as one of the workspace's preview tasks (a tab on the same workspace saw it and could stop it)
+    record = json.loads((Path(ws) / "projects" / PROJECT / "versions" / "v1" / "previews" / "task.json")
+                        .read_text(encoding="utf-8"))
+    assert record["origin"] == "cli" and record["finished"] and (record["done"], record["total"]) == (7, 7)
     grid = Path(doc["grids"][0]["path"])
     assert grid.is_file() and grid.parent.name == "previews" and str(grid) == trained_grid(trained)
     assert Image.open(grid).size[0] > 4 * 64

@@ -20,7 +20,7 @@ def cmd_preview(args: argparse.Namespace, out: Output) -> int:
     from lib_trainer.hosts.standalone import EMBEDDED_TINY_TITLE
     from lib_trainer.preview.cells import weight_text
     from lib_trainer.preview.config import load_config, PreviewConfig, save_config
-    from lib_trainer.preview.run import run_preview
+    from lib_trainer.preview.tasks import PreviewTasks
 
     ws = open_workspace(args)
     version = find_version(ws, args.target, args)
@@ -61,9 +61,16 @@ def cmd_preview(args: argparse.Namespace, out: Output) -> int:
                "{width}×{height}, {steps} steps, seed {seed}.", key=version.key,
                checkpoints=len(version.checkpoints()), weights=len(cfg.weights), prompts=len(cfg.prompts),
                width=cfg.width, height=cfg.height, steps=cfg.steps, seed=cfg.seed))
-    result = _interruptible(lambda: run_preview(version, host, cfg, checkpoints=args.checkpoint or None,
-                                                        stop=stop, progress=progress, restart=args.restart),
-                            stop, host.interrupt, out)
+    previews = PreviewTasks(host)  # one kind of preview task: the tab of another process sees it and can stop it
+
+    def draw():
+        task = previews.run(version, args.checkpoint or None, cfg, origin="cli", progress=progress,
+                            restart=args.restart, stop=stop)
+        if task.exception is not None:
+            raise task.exception
+        return task.result
+
+    result = _interruptible(draw, stop, host.interrupt, out)
     out.end_progress()
     for warning in result.warnings:
         out.warn(tr("warning: {message}", message=warning))

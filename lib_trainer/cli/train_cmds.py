@@ -116,11 +116,18 @@ def cmd_worker(args: argparse.Namespace, out: Output) -> int:
     ws = open_workspace(args)
     host = _DeferredHost(lambda: make_host(args, ws))
 
-    def after_train(version) -> None:
-        from lib_trainer.preview.run import run_preview
+    previews: list = []  # the worker's preview tasks, made with the host when the first preview is drawn
 
-        result = run_preview(version, host.get())
-        print(f"preview of {version.key}: {[str(g.path) for g in result.grids]}", flush=True)
+    def after_train(version) -> None:
+        from lib_trainer.preview.tasks import PreviewTasks, after_training_hook
+
+        if not previews:
+            previews.append(PreviewTasks(host.get()))
+
+        def done(task) -> None:
+            print(f"preview of {version.key}: {[str(g.path) for g in task.result.grids]}", flush=True)
+
+        after_training_hook(previews[0], done)(version)
 
     settings = RunnerSettings(python=args.python, gpu=args.gpu)
     runner = JobRunner(ws, host, settings, after_train=after_train).start()

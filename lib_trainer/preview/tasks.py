@@ -52,6 +52,7 @@ class PreviewTask:
     finished: Optional[float] = None
     result: Optional[PreviewResult] = None
     error: Optional[str] = None
+    exception: Optional[BaseException] = None  # what ``error`` says, for a caller that re-raises it (the CLI)
     replaced: bool = False  # stopped because another preview of the version took its place
     thread: Optional[threading.Thread] = None
     ended: threading.Event = field(default_factory=threading.Event)
@@ -158,10 +159,12 @@ class PreviewTasks:
 
     def run(self, version: Version, checkpoints: Optional[List[str]] = None, config: Optional[PreviewConfig] = None,
             *, origin: str = "cli", replace: bool = False, progress: Optional[ProgressCallback] = None,
-            restart: bool = False) -> PreviewTask:
+            restart: bool = False, stop: Optional[threading.Event] = None) -> PreviewTask:
         """Draw in this thread (the CLI, the after-training hook), registered like a background task; returns the
-        finished task (its ``result``, or its ``error``)."""
+        finished task (its ``result``, or its ``error``). ``stop``: the caller's own stop (the CLI's Ctrl-C)."""
         task = self._claim(version, checkpoints, origin, replace)
+        if stop is not None:
+            task.stop = stop
         self._execute(task, version, config, progress, restart)
         return task
 
@@ -230,7 +233,7 @@ class PreviewTasks:
             task.done = task.result.drawn + task.result.reused
             task.total = task.result.total
         except Exception as exc:  # shown in the tab / printed by the CLI; the thread must end cleanly
-            task.error = str(exc) or type(exc).__name__
+            task.error, task.exception = str(exc) or type(exc).__name__, exc
         finally:
             watching.set()
             task.finished = time.monotonic()
@@ -322,10 +325,11 @@ class PreviewTasks:
         return " ".join(parts)
 
 
-def after_training_hook(previews: PreviewTasks) -> Callable[[Version], None]:
+def after_training_hook(previews: PreviewTasks,
+                        on_done: Optional[Callable[[PreviewTask], None]] = None) -> Callable[[Version], None]:
     """The job runner's ``after_train``: draw the version's preview (unless its preview settings turn the automatic
     one off) as an "auto" task, in the runner's thread, so the next training waits for the GPU until it is done or
-    stopped."""
+    stopped. ``on_done(task)`` is told of a preview that ended without an error (the CLI's worker prints it)."""
 
     def after_train(version: Version) -> None:
         if not should_run_after_training(version):
@@ -334,6 +338,8 @@ def after_training_hook(previews: PreviewTasks) -> Callable[[Version], None]:
         previews.wait(version)  # a preview started from the tab in its place
         if task.error:
             raise RuntimeError(task.error)
+        if on_done is not None:
+            on_done(task)
 
     return after_train
 
