@@ -6,7 +6,9 @@ How the WebUI host is tested against a real WebUI (``TRAIN_TOOLS_WEBUI_DIR=/path
   ``TRAIN_TOOLS_WEBUI_PYTHON``; more launch options in ``TRAIN_TOOLS_WEBUI_ARGS``, e.g. ``--always-cpu`` for
   Forge) and ``--data-dir`` pointing at a temporary folder, so nothing in the WebUI install is
   changed: the temporary folder holds the WebUI's config, its models folder (the tiny SD1 checkpoint with a yaml
-  and a local CLIP text-encoder config beside it, since the machine is offline), its Lora folder, and an
+  and a local CLIP text-encoder config beside it, since the machine is offline; for Forge, which reads no yaml, a
+  config folder in its own layout that ``tests/webui_probe/scripts/forge_tiny_sd1.py`` registers inside the Forge
+  process, see ``write_tiny_sd1_forge_repo``), its Lora folder, and an
   ``extensions/`` folder with two symlinks made for the run: this repository (the real extension) and
   ``tests/webui_probe`` (a test-only extension). Everything is removed when the process ends.
 - The test-only extension exposes the real ``lib_trainer.hosts.webui.host.WebUIHost`` — constructed inside the WebUI
@@ -107,6 +109,52 @@ def write_tiny_sd1_config(webui_dir: Path, checkpoint: Path, clip_dir: Path) -> 
     yaml = checkpoint.with_suffix(".yaml")
     yaml.write_text(text, encoding="utf-8")
     return yaml
+
+
+FORGE_REPO_ENV = "TRAIN_TOOLS_FORGE_TINY_SD1_REPO"  # read by tests/webui_probe/scripts/forge_tiny_sd1.py
+FORGE_SD15_REPO = Path("backend", "huggingface", "runwayml", "stable-diffusion-v1-5")
+
+
+def write_tiny_sd1_forge_repo(webui_dir: Path, repo: Path, config: Optional[dict[str, Any]] = None) -> Path:
+    """A config folder for the tiny SD1 model in the layout Forge builds a model from, made from Forge's own SD1.5
+    folder (``backend/huggingface/runwayml/stable-diffusion-v1-5``) with the tiny text encoder's and VAE's sizes,
+    plus ``guess.json``: the UNet sizes huggingface_guess must match for it.
+
+    Forge reads no yaml for the architecture: huggingface_guess matches the checkpoint's UNet against a fixed list
+    (SD1.5 only at model_channels 320 and context_dim 768) and Forge builds the text encoder and VAE from that
+    entry's folder, so a smaller SD1 checkpoint is refused ("Failed to recognize model type!"). The probe extension
+    registers this folder as one more SD1.5 entry inside the Forge process; nothing in the Forge install changes.
+    ``config``: the model's sizes in ``lib_trainer.demo.tiny_model``'s layout (default: the tiny SD1 model's; the
+    toy model's ``lib_trainer.demo.toy_model.TOY_CONFIG`` works too).
+    """
+    from lib_trainer.demo.tiny_model import TINY_CONFIGS
+
+    cfg = config or TINY_CONFIGS["sd1"]
+    te, unet, vae = cfg["text_encoders"][0], cfg["unet"], cfg["vae"]
+    source = webui_dir / FORGE_SD15_REPO
+    if repo.exists():
+        shutil.rmtree(repo)
+    shutil.copytree(source, repo, ignore=shutil.ignore_patterns("unet", "safety_checker", "feature_extractor"))
+    index = json.loads((repo / "model_index.json").read_text(encoding="utf-8"))
+    for part in ("safety_checker", "feature_extractor"):  # Forge skips them; their folders are not copied
+        index.pop(part, None)
+    (repo / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+    def update(part: str, **values: Any) -> None:
+        path = repo / part / "config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config.update(values)
+        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+    update("text_encoder", hidden_size=te["width"], intermediate_size=4 * te["width"],
+           num_hidden_layers=te["layers"], num_attention_heads=max(1, te["width"] // 64), projection_dim=te["width"])
+    update("vae", block_out_channels=[vae["ch"] * m for m in vae["ch_mult"]], layers_per_block=vae["num_res_blocks"],
+           latent_channels=vae["z_channels"])
+    (repo / "guess.json").write_text(json.dumps({
+        "model_channels": unet["model_channels"], "context_dim": unet["context_dim"],
+        "use_linear_in_transformer": unet["use_linear_in_transformer"],
+    }), encoding="utf-8")
+    return repo
 
 
 def write_deepbooru_standin(python: str, webui_dir: Path, target: Path) -> None:
@@ -263,8 +311,11 @@ class WebUIServer:
         self.checkpoint = models / "Stable-diffusion" / f"{CHECKPOINT_NAME}.safetensors"
         self.checkpoint.parent.mkdir(parents=True)
         shutil.copyfile(tiny_checkpoint, self.checkpoint)
+        self.forge_repo: Optional[Path] = None
         if (self.webui_dir / "configs" / "v1-inference.yaml").is_file():  # Forge reads no yaml: it has none
             write_tiny_sd1_config(self.webui_dir, self.checkpoint, models / "tiny-clip-sd1")
+        elif (self.webui_dir / FORGE_SD15_REPO).is_dir():
+            self.forge_repo = write_tiny_sd1_forge_repo(self.webui_dir, models / "tiny-sd1-forge")
         write_deepbooru_standin(self.python, self.webui_dir, models / "torch_deepdanbooru" / "model-resnet_custom_v3.pt")
         extensions = self.data_dir / "extensions"
         extensions.mkdir()
@@ -287,8 +338,11 @@ class WebUIServer:
             # Forge (gradio 4) serves files only from its allowed paths, by default the data folder alone: with
             # --data-dir elsewhere its own script.js, ui.js, … would answer 403 and the page would run without them.
             args += ["--gradio-allowed-path", str(self.webui_dir)]
+        env = _child_env()
+        if self.forge_repo is not None:
+            env[FORGE_REPO_ENV] = str(self.forge_repo)
         log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(args, cwd=self.webui_dir, env=_child_env(), stdout=log,
+        self.process = subprocess.Popen(args, cwd=self.webui_dir, env=env, stdout=log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
