@@ -4,9 +4,13 @@
 
 Serves the same tab the WebUI shows, on loopback by default. Base models are the ``.safetensors`` / ``.ckpt``
 files under ``--ckpt-dir`` (a WebUI's ``models/Stable-diffusion`` or ComfyUI's ``models/checkpoints``; default
-``<workspace>/models/Stable-diffusion``). With no checkpoint at all it offers the embedded tiny model (written
-once into the workspace), so a newcomer sees the whole flow — import, captions, training, preview — work on a
-CPU in minutes (the tiny model draws noise-like pictures: it shows the flow, not quality).
+``<workspace>/models/Stable-diffusion``). With no checkpoint at all it offers the embedded toy model
+(``lib_trainer/demo/models/toy-sd1.safetensors``: an SD1 model pretrained on a toy world of coloured shapes, 64 px),
+and writes the toy world's example dataset into ``<workspace>/examples/tt_star`` (12 pictures of a star the toy
+model never saw, with captions), so a newcomer sees the whole flow — import, captions, training, preview — work
+on a CPU, with a base that draws the prompted colours on the prompted backgrounds. (A LoRA on it does not yet
+learn the star reliably: ``bench/quality.py`` measures it.) ``--embedded tiny``, or a missing toy model file,
+offers a random tiny model written into the workspace instead (faster; it shows the flow, its pictures are noise).
 
 Training jobs keep running when the app stops; the next start reattaches to them.
 """
@@ -38,6 +42,16 @@ def use_trainer_deps() -> None:
         sys.path.insert(0, folder)
 
 
+def write_examples(root: Path) -> Path:
+    """The toy world's concept pictures with their captions in ``<root>/examples/tt_star`` (once)."""
+    from lib_trainer.demo import toy_world
+
+    folder = root / "examples" / toy_world.TRIGGER
+    if not folder.is_dir():
+        toy_world.write_folder(folder, toy_world.concept_dataset(), prefix="star")
+    return folder
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lib_trainer.app",
                                      description=tr("Train Tools without a WebUI: the same tab, in your browser."))
@@ -49,6 +63,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 "may be given several times"))
     parser.add_argument("--lora-dir", metavar="DIR", default=None,
                         help=tr("where \"Use this checkpoint\" copies LoRAs (default: <workspace>/models/Lora)"))
+    parser.add_argument("--embedded", choices=("toy", "tiny"), default="toy",
+                        help=tr("the embedded model offered without checkpoints: the pretrained toy model (default) "
+                                "or the random tiny one (faster, draws noise)"))
     parser.add_argument("--tiny", action="store_true",
                         help=tr("offer the embedded tiny model even when other checkpoints are found"))
     parser.add_argument("--host", default="127.0.0.1",
@@ -81,15 +98,26 @@ def make_context(args: argparse.Namespace) -> Tuple[Any, List[str]]:
     host = StandaloneHost(workspace.root, ckpt_dirs, lora_dir=lora_dir, outputs_dir=workspace.root,
                           device=args.device)
     if args.tiny or not host.checkpoints():
-        tiny = workspace.root / "models" / TINY_MODEL_NAME
+        from lib_trainer.demo.toy_model import MODEL_FILE as TOY_MODEL
+
+        use_toy = args.embedded == "toy" and TOY_MODEL.is_file()
+        tiny = TOY_MODEL if use_toy else workspace.root / "models" / TINY_MODEL_NAME
         if not tiny.is_file():
             from lib_trainer.demo.tiny_model import write_tiny_checkpoint
 
             write_tiny_checkpoint("sd1", tiny)
         host = StandaloneHost(workspace.root, ckpt_dirs, lora_dir=lora_dir, outputs_dir=workspace.root,
                               embedded_tiny=tiny, device=args.device)
-        notes.append(tr("No base model found: offering the embedded tiny model ({path}). Use --ckpt-dir for real "
-                        "checkpoints.", path=str(tiny)))
+        if use_toy:
+            notes.append(tr("No base model found: offering the embedded toy model ({path}), a small SD1 model that "
+                            "draws coloured shapes at 64 px. Use --ckpt-dir for real checkpoints.", path=str(tiny)))
+        else:
+            notes.append(tr("No base model found: offering the embedded tiny model ({path}). Use --ckpt-dir for real "
+                            "checkpoints.", path=str(tiny)))
+        if use_toy:
+            notes.append(tr("Example pictures for it: {folder} (a star the toy model never saw, trigger word "
+                            "tt_star). Import that folder into a project's dataset and train.",
+                            folder=str(write_examples(workspace.root))))
     # Scanning reads each file's keys with the trainer's loader (torch, diffusers): do the slow first import now,
     # not inside the first page load, where it would stall the server for seconds.
     host.checkpoints()

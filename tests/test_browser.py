@@ -67,8 +67,9 @@ def app(tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("TRAIN_TOOLS_LANG", None)
     with open(log, "wb") as out:
+        # the random tiny model: the flow in minutes on 2 cores (the toy model's quality is bench/quality.py's)
         process = subprocess.Popen([sys.executable, "-m", "lib_trainer.app", "--workspace", str(workspace),
-                                    "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    "--port", str(port), "--embedded", "tiny"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
