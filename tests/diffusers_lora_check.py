@@ -8,6 +8,7 @@ the packages of ``.ci/setup``'s side folder (``LORA_CHECK_DEPS``) first on the p
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def main(model_path: str, lora_path: str, arch: str) -> dict:
                     guidance_scale=5.0, output_type="np").images[0]
 
     before = draw()
-    pipe.load_lora_weights(lora_path, adapter_name="train_tools")
+    # a folder and the file's name: diffusers 0.31 offline refuses a bare file path ("you must specify a
+    # `weight_name`"), and the tests run offline
+    pipe.load_lora_weights(os.path.dirname(os.path.abspath(lora_path)), weight_name=os.path.basename(lora_path),
+                           adapter_name="train_tools")
     after = draw()
     components = [pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)]
     layers = [name for c in components if c is not None for name, m in c.named_modules() if isinstance(m, LoraLayer)]

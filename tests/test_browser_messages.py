@@ -46,6 +46,9 @@ def test_messages_follow_the_state_they_tell_of(app, page, tmp_path):  # noqa: F
     tab.contains("train_tools_dataset_report", "2 training pictures have no caption")
     tab.contains("train_tools_repeats_hint", "A suggestion only: the training pictures (10_messages) use 10 repeats")
 
+    # the Captions step refreshes after Preprocess (its gallery fills): a refresh landing after the typing would put
+    # the stored (empty) trigger word back
+    expect(page.locator("#train_tools_gallery .thumbnail-item")).to_have_count(2, timeout=30_000)
     tab.text("train_tools_trigger_word", "sks_thing")
     page.wait_for_timeout(500)  # the typed value reaches gradio's state (a click at once can race it: the lead's bug)
     tab.el("train_tools_set_trigger").click()
