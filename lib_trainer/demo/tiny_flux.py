@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import torch
 
-from lib_trainer.demo.tiny_model import _Builder, _hf_clip, _vae_mid, _vae_res_block
+from lib_trainer.demo.tiny_model import _Builder, _hf_clip, _vae
 
 VARIANTS = ("dev", "schnell")
 LATENT_CHANNELS = 16
@@ -106,29 +106,7 @@ def _transformer(b: _Builder, cfg: dict[str, Any], guidance: bool, p: str = "") 
 
 def _ae(b: _Builder, cfg: dict[str, Any], p: str = "") -> None:
     """BFL's flux.modules.autoencoder names: the LDM encoder/decoder without quant_conv / post_quant_conv."""
-    ch, mults, nrb, z = cfg["ch"], cfg["ch_mult"], cfg["num_res_blocks"], cfg["z_channels"]
-    b.conv(p + "encoder.conv_in", ch, cfg["in_channels"], 3)
-    block_in = ch
-    for i, mult in enumerate(mults):
-        for j in range(nrb):
-            _vae_res_block(b, f"{p}encoder.down.{i}.block.{j}.", block_in, ch * mult)
-            block_in = ch * mult
-        if i != len(mults) - 1:
-            b.conv(f"{p}encoder.down.{i}.downsample.conv", block_in, block_in, 3)
-    _vae_mid(b, p + "encoder.mid.", block_in)
-    b.norm(p + "encoder.norm_out", block_in)
-    b.conv(p + "encoder.conv_out", 2 * z, block_in, 3)
-    block_in = ch * mults[-1]
-    b.conv(p + "decoder.conv_in", block_in, z, 3)
-    _vae_mid(b, p + "decoder.mid.", block_in)
-    for i in reversed(range(len(mults))):
-        for j in range(nrb + 1):
-            _vae_res_block(b, f"{p}decoder.up.{i}.block.{j}.", block_in, ch * mults[i])
-            block_in = ch * mults[i]
-        if i != 0:
-            b.conv(f"{p}decoder.up.{i}.upsample.conv", block_in, block_in, 3)
-    b.norm(p + "decoder.norm_out", block_in)
-    b.conv(p + "decoder.conv_out", cfg["out_ch"], block_in, 3)
+    _vae(b, cfg, p, quant_convs=False)
 
 
 def _t5(b: _Builder, cfg: dict[str, Any], vocab_size: int, p: str = "") -> None:

@@ -271,7 +271,8 @@ def _vae_mid(b: _Builder, p: str, ch: int) -> None:
     _vae_res_block(b, p + "block_2.", ch, ch)
 
 
-def _vae(b: _Builder, cfg: dict[str, Any], p: str = "first_stage_model.") -> None:
+def _vae(b: _Builder, cfg: dict[str, Any], p: str = "first_stage_model.", quant_convs: bool = True) -> None:
+    """The LDM KL autoencoder; ``quant_convs`` False leaves out quant_conv / post_quant_conv (FLUX.1's AE)."""
     ch, mults, nrb, z = cfg["ch"], cfg["ch_mult"], cfg["num_res_blocks"], cfg["z_channels"]
 
     b.conv(p + "encoder.conv_in", ch, cfg["in_channels"], 3)
@@ -284,7 +285,7 @@ def _vae(b: _Builder, cfg: dict[str, Any], p: str = "first_stage_model.") -> Non
             b.conv(f"{p}encoder.down.{i}.downsample.conv", block_in, block_in, 3)
     _vae_mid(b, p + "encoder.mid.", block_in)
     b.norm(p + "encoder.norm_out", block_in)
-    b.conv(p + "encoder.conv_out", 2 * z if cfg["double_z"] else z, block_in, 3)
+    b.conv(p + "encoder.conv_out", 2 * z if cfg.get("double_z", True) else z, block_in, 3)
 
     block_in = ch * mults[-1]
     b.conv(p + "decoder.conv_in", block_in, z, 3)
@@ -298,8 +299,9 @@ def _vae(b: _Builder, cfg: dict[str, Any], p: str = "first_stage_model.") -> Non
     b.norm(p + "decoder.norm_out", block_in)
     b.conv(p + "decoder.conv_out", cfg["out_ch"], block_in, 3)
 
-    b.conv(p + "quant_conv", 2 * z, 2 * z, 1)
-    b.conv(p + "post_quant_conv", z, z, 1)
+    if quant_convs:
+        b.conv(p + "quant_conv", 2 * z, 2 * z, 1)
+        b.conv(p + "post_quant_conv", z, z, 1)
 
 
 # --- Text encoders ------------------------------------------------------------------------------------------------

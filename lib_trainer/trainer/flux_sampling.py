@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from .flux_text import encode_prompts
-from .sampling import SamplePrompt
+from .sampling import SamplePrompt, save_sample
 
 SCHNELL_STEPS = 4  # schnell is distilled to few steps; more do not help
 DISTILLED_GUIDANCE = 3.5
@@ -47,8 +47,6 @@ def draw_flux_samples(model, prompts: list[SamplePrompt], *, out_dir: Path, stem
     """One PNG per prompt in ``out_dir`` (``<stem>_NN.png``), the same seed giving the same picture. ``autocast``
     is a context factory (the accelerator's), called with no arguments; ``apply_t5_attn_mask`` as in training
     (T5's own mask; the transformer draws unmasked, as Forge does)."""
-    from PIL.PngImagePlugin import PngInfo
-
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe = build_flux_pipeline(model)
     dev = model.variant == "dev"
@@ -64,11 +62,6 @@ def draw_flux_samples(model, prompts: list[SamplePrompt], *, out_dir: Path, stem
             image = pipe(prompt_embeds=conds.t5_out, pooled_prompt_embeds=conds.pooled, width=p.width,
                          height=p.height, num_inference_steps=steps, guidance_scale=guidance,
                          generator=generator).images[0]
-        info = PngInfo()
-        info.add_text("parameters", infotext(p, steps, guidance if dev else None, seed))
-        path = out_dir / f"{stem}_{index:02d}.png"
-        tmp = path.with_name(path.name + ".tmp")
-        image.save(tmp, format="PNG", pnginfo=info)
-        tmp.replace(path)
-        paths.append(path)
+        paths.append(save_sample(image, out_dir / f"{stem}_{index:02d}.png",
+                                 infotext(p, steps, guidance if dev else None, seed)))
     return paths

@@ -111,8 +111,6 @@ def build_pipeline(model, sampler: str):
 
 def draw_samples(model, prompts: list[SamplePrompt], *, sampler: str, out_dir: Path, stem: str,
                  clip_skip: Optional[int], default_seed: int, device: torch.device, autocast) -> list[Path]:
-    from PIL.PngImagePlugin import PngInfo
-
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe = build_pipeline(model, sampler)
     paths = []
@@ -127,15 +125,19 @@ def draw_samples(model, prompts: list[SamplePrompt], *, sampler: str, out_dir: P
             kwargs["clip_skip"] = clip_skip - 1  # diffusers counts the layers skipped, sd-scripts the layer used
         with torch.no_grad(), autocast():
             image = pipe(**kwargs).images[0]
-        info = PngInfo()
-        info.add_text(
-            "parameters",
-            f"{p.prompt}\nNegative prompt: {p.negative}\nSteps: {p.steps}, Sampler: {sampler}, "
-            f"CFG scale: {p.cfg_scale}, Seed: {seed}, Size: {p.width}x{p.height}",
-        )
-        path = out_dir / f"{stem}_{index:02d}.png"
-        tmp = path.with_name(path.name + ".tmp")
-        image.save(tmp, format="PNG", pnginfo=info)
-        tmp.replace(path)
-        paths.append(path)
+        parameters = (f"{p.prompt}\nNegative prompt: {p.negative}\nSteps: {p.steps}, Sampler: {sampler}, "
+                      f"CFG scale: {p.cfg_scale}, Seed: {seed}, Size: {p.width}x{p.height}")
+        paths.append(save_sample(image, out_dir / f"{stem}_{index:02d}.png", parameters))
     return paths
+
+
+def save_sample(image, path: Path, parameters: str) -> Path:
+    """A sample picture with its WebUI-style ``parameters`` text, written whole (temporary file, then renamed)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    tmp.replace(path)
+    return path
