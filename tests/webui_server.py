@@ -72,43 +72,14 @@ DEEPBOORU_TAGS = ["1girl", "solo", "dog", "outdoors", "red_ball", "^_^", "rating
 def write_tiny_sd1_config(webui_dir: Path, checkpoint: Path, clip_dir: Path) -> Path:
     """``<checkpoint>.yaml`` for a tiny SD1 model, made from the WebUI's own ``configs/v1-inference.yaml``, plus a
     local CLIP text-encoder config and tokenizer in ``clip_dir`` (the yaml's FrozenCLIPEmbedder would otherwise
-    fetch ``openai/clip-vit-large-patch14`` from the Hugging Face hub)."""
-    import re
-
+    fetch ``openai/clip-vit-large-patch14`` from the Hugging Face hub): the toy model's writers, at the tiny sizes."""
     from lib_trainer.demo.tiny_model import TINY_CONFIGS
-    from lib_trainer.trainer.tokenizer import load_clip_tokenizer
+    from lib_trainer.demo.toy_model import write_clip_folder, write_webui_yaml
 
     cfg = TINY_CONFIGS["sd1"]
-    te = cfg["text_encoders"][0]
-    clip_dir.mkdir(parents=True, exist_ok=True)
-    (clip_dir / "config.json").write_text(json.dumps({
-        "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "hidden_size": te["width"],
-        "intermediate_size": 4 * te["width"], "num_hidden_layers": te["layers"], "num_attention_heads": 1,
-        "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
-        "projection_dim": te["width"], "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
-    }), encoding="utf-8")
-    load_clip_tokenizer().save_pretrained(str(clip_dir))
-
+    write_clip_folder(clip_dir, cfg)
     text = (webui_dir / "configs" / "v1-inference.yaml").read_text(encoding="utf-8")
-    unet, vae = cfg["unet"], cfg["vae"]
-
-    def sub(pattern: str, replacement: str) -> None:
-        nonlocal text
-        text, count = re.subn(pattern, replacement, text, count=1)
-        assert count == 1, f"v1-inference.yaml has no {pattern!r}"
-
-    sub(r"model_channels: 320", f"model_channels: {unet['model_channels']}")
-    sub(r"channel_mult: \[ 1, 2, 4, 4 \]", "channel_mult: [ " + ", ".join(map(str, unet["channel_mult"])) + " ]")
-    sub(r"num_heads: 8", f"num_heads: {unet['num_heads']}")
-    sub(r"context_dim: 768", f"context_dim: {unet['context_dim']}")
-    sub(r"ch: 128", f"ch: {vae['ch']}")
-    sub(r"ch_mult:\n(\s+)- 1\n\s+- 2\n\s+- 4\n\s+- 4",
-        "ch_mult:\n" + "\n".join(r"\g<1>- " + str(m) for m in vae["ch_mult"]))
-    sub(r"(target: ldm\.modules\.encoders\.modules\.FrozenCLIPEmbedder)\s*$",
-        r"\g<1>\n      params:\n        version: " + json.dumps(str(clip_dir)) + "\n")
-    yaml = checkpoint.with_suffix(".yaml")
-    yaml.write_text(text, encoding="utf-8")
-    return yaml
+    return write_webui_yaml(checkpoint, text, str(clip_dir), cfg)
 
 
 FORGE_REPO_ENV = "TRAIN_TOOLS_FORGE_TINY_SD1_REPO"  # read by tests/webui_probe/scripts/forge_tiny_sd1.py
