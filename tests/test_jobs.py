@@ -288,15 +288,14 @@ def test_the_stop_grace_period_fits_the_step_time(tiny_sd1, ws, runners, tmp_pat
 
 def test_a_full_disk_is_said_as_a_full_disk_and_never_retried_in_a_loop(tiny_sd1, ws, runners, tmp_path, monkeypatch,
                                                                         caplog):
-    import errno
     import logging
 
     from lib_trainer import projects
     from lib_trainer.common import disk
-    from lib_trainer.jobs import runner as runner_module, store
+    from lib_trainer.jobs import store, unsaved
 
     monkeypatch.setenv("FAKE_TRAINER_MODE", "diskfull")
-    monkeypatch.setattr(runner_module, "UNSAVED_RETRY_S", 0.5)
+    monkeypatch.setattr(unsaved, "RETRY_S", 0.5)
     v = make_version(ws, tiny_sd1)
     runner = runners(RecordingHost(), python=fake_python(tmp_path)).start()
     runner.submit("dog", "v1")

@@ -35,13 +35,12 @@ from lib_trainer.jobs.events import EventTail, last_events
 from lib_trainer.jobs.lock import try_acquire, workspace_lock
 from lib_trainer.jobs.process import TrainerProcess, find_trainer
 from lib_trainer.jobs.store import ACTIVE_STATUSES, Job, JobError, JobStore
-from lib_trainer.jobs.supervisor import (TrainerRun, apply_event, enforce_stop, final_changes, log_line,
-                                         newest_state, outcome, output_dir, prepare_config, spawn_trainer,
-                                         terminate)
-from lib_trainer.projects import Busy, now_iso, ProjectError, Version, Workspace
+from lib_trainer.jobs.supervisor import (TrainerRun, apply_event, enforce_stop, final_changes, log_line, newest_state,
+                                         outcome, output_dir, prepare_config, spawn_trainer, terminate)
+from lib_trainer.jobs.unsaved import Unsaved
+from lib_trainer.projects import Busy, ProjectError, Version, Workspace, now_iso
 
 log = logging.getLogger("train_tools.jobs")
-UNSAVED_RETRY_S = 30.0  # how often what a full disk kept from version.json and jobs.json is written again
 
 Listener = Callable[["Job", Dict[str, Any]], None]
 AfterTrain = Callable[[Version], None]
@@ -80,14 +79,7 @@ class JobRunner:
         self._stop_trainer_on_shutdown = False
         self._thread: Optional[threading.Thread] = None
         self._handling: Optional[str] = None  # id of the job the worker is busy with (after_train included)
-        # What could not be written (a full disk): version key → version.json changes, job id → jobs.json changes.
-        # status() and jobs() show them, the worker does not take such a job for one left running, and writing them
-        # is tried again every UNSAVED_RETRY_S, never in a loop.
-        self._unsaved_versions: Dict[str, Dict[str, Any]] = {}
-        self._unsaved_jobs: Dict[str, Dict[str, Any]] = {}
-        self._unsaved_retry_at = 0.0
-        self._stops_in_memory: set = set()  # ids of jobs asked to stop when jobs.json could not be written
-        self.unsaved_revision = 0  # changes whenever they do: the tab's poll refreshes on it (the files stay put)
+        self.unsaved = Unsaved()  # what a full disk kept from version.json and jobs.json
         self._last_error: Optional[str] = None
 
     # ---- life cycle ------------------------------------------------------------------------------------
@@ -129,7 +121,7 @@ class JobRunner:
 
         def change(jobs: List[Job]) -> Tuple[str, Optional[Job]]:
             for job in jobs:
-                status = self._unsaved_jobs.get(job.id, {}).get("status", job.status)  # ended on a full disk
+                status = self.unsaved.job_status(job)  # it may have ended on a full disk
                 if job.key != v.key or status not in ACTIVE_STATUSES:
                     continue
                 if job.status == "queued":
@@ -154,7 +146,7 @@ class JobRunner:
             running = next((j for j in self.store.load() if j.key == v.key and j.status == "running"), None)
             if running is None or running.id != self._handling:
                 raise
-            self._stops_in_memory.add(running.id)
+            self.unsaved.stops.add(running.id)
             outcome, job = "stopping", running
         if job is not None and outcome == "dequeued":
             self._notify(job, {"event": "job", "status": "dequeued"})
@@ -165,11 +157,7 @@ class JobRunner:
     def jobs(self) -> List[Job]:
         """Every job in jobs.json: queued and running ones and recent history, in submission order (with what
         could not be written into it yet)."""
-        jobs = self.store.load()
-        for job in jobs:
-            for key, value in self._unsaved_jobs.get(job.id, {}).items():
-                setattr(job, key, value)
-        return jobs
+        return [self.unsaved.apply_to_job(job) for job in self.store.load()]
 
     def job_for(self, project: str, version: str) -> Optional[Job]:
         """The version's latest job, if it ever had one."""
@@ -182,7 +170,7 @@ class JobRunner:
         position and the last ``events`` events."""
         v = self.workspace.version(project, version)
         job = self.job_for(v.project.name, v.name)
-        return {**v.to_dict(), **self._unsaved_versions.get(v.key, {}), "job": job.to_dict() if job else None,
+        return {**v.to_dict(), **self.unsaved.versions.get(v.key, {}), "job": job.to_dict() if job else None,
                 "position": job.position if job and job.status == "queued" else None,
                 "events": last_events(v.events_path, events)}
 
@@ -267,7 +255,7 @@ class JobRunner:
 
     def _work_once(self) -> bool:
         """With the trainer lock held: adopt a job left running, else run the next queued one."""
-        left_running = [j for j in self.store.load() if j.status == "running" and j.id not in self._unsaved_jobs]
+        left_running = [j for j in self.store.load() if j.status == "running" and j.id not in self.unsaved.jobs]
         if left_running:
             self._handle(left_running[0], self._adopt)
             return True
@@ -432,7 +420,7 @@ class JobRunner:
                 run.job.stop_requested = True
             if not run.job.stop_requested:
                 stored = self.store.get(run.job.id)  # a stop may come from another process
-                run.job.stop_requested = bool(stored and stored.stop_requested) or run.job.id in self._stops_in_memory
+                run.job.stop_requested = bool(stored and stored.stop_requested) or run.job.id in self.unsaved.stops
             if run.job.stop_requested:
                 enforce_stop(run, self.settings.stop_timeout_s)
             self._wake.wait(self.settings.poll_s)
@@ -469,8 +457,7 @@ class JobRunner:
             self.store.update(job.id, **changes)
         except OSError as exc:  # a full disk: the job has ended all the same; jobs.json follows when it can
             log.warning("train_tools: cannot write the end of job %s to jobs.json (%s); kept in memory", job.key, exc)
-            self._unsaved_jobs[job.id] = {**self._unsaved_jobs.get(job.id, {}), **changes}
-            self.unsaved_revision += 1
+            self.unsaved.keep_job(job.id, changes)
         self._notify(job, {"event": "job", "status": status, "message": message})
         self._notify_changed()
 
@@ -479,36 +466,37 @@ class JobRunner:
         try:
             v.update(**changes)
         except OSError as exc:
-            if v.key not in self._unsaved_versions:
+            if self.unsaved.keep_version(v.key, changes):
                 log.warning("train_tools: cannot write %s (%s); its state is kept in memory", v.state_path, exc)
-            self._unsaved_versions[v.key] = {**self._unsaved_versions.get(v.key, {}), **changes}
-            self.unsaved_revision += 1
             return
-        if self._unsaved_versions.pop(v.key, None) is not None:
-            self.unsaved_revision += 1
+        self.unsaved.version_written(v.key)
+
+    @property
+    def unsaved_revision(self) -> int:
+        """Changes whenever what a full disk kept does: the tab's poll refreshes on it (the files stay put)."""
+        return self.unsaved.revision
 
     def _retry_unsaved(self) -> None:
-        """Write what a full disk kept in memory, at most every UNSAVED_RETRY_S."""
-        if not (self._unsaved_versions or self._unsaved_jobs) or time.monotonic() < self._unsaved_retry_at:
-            return
-        self._unsaved_retry_at = time.monotonic() + UNSAVED_RETRY_S
-        self.unsaved_revision += 1
-        for key, changes in list(self._unsaved_versions.items()):
+        """Write what a full disk kept in memory (Unsaved.retry decides when)."""
+
+        def write_version(key: str, changes: Dict[str, Any]) -> bool:
             project, name = key.split("/", 1)
             try:
                 self.workspace.version(project, name).update(**changes)
             except ProjectError:
-                self._unsaved_versions.pop(key, None)  # deleted since
+                return True  # deleted since: nothing to write
             except OSError:
-                continue
-            else:
-                self._unsaved_versions.pop(key, None)
-        for job_id, changes in list(self._unsaved_jobs.items()):
+                return False
+            return True
+
+        def write_job(job_id: str, changes: Dict[str, Any]) -> bool:
             try:
                 self.store.update(job_id, **changes)
             except OSError:
-                continue
-            self._unsaved_jobs.pop(job_id, None)
+                return False
+            return True
+
+        self.unsaved.retry(write_version, write_job)
 
     def _forget_preview_loras(self, v: Version) -> None:
         """Drop the copies of the last run's checkpoints the host staged for previews (their names are content
