@@ -124,6 +124,8 @@ class JobRunner:
                 status = self.unsaved.job_status(job)  # it may have ended on a full disk
                 if job.key != v.key or status not in ACTIVE_STATUSES:
                     continue
+                if job.status == "running" and not v.busy:
+                    return "idle", None  # its trainer has ended: the runner is recording how (version.json first)
                 if job.status == "queued":
                     jobs.remove(job)
                     before = v.state().get("queued_from")
