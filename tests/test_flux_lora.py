@@ -38,14 +38,6 @@ def _delta(params: dict[str, torch.Tensor]) -> torch.Tensor:
     return up @ down * (float(params["alpha"]) / down.shape[0])
 
 
-def _modules(state: dict) -> dict[str, dict[str, torch.Tensor]]:
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        module, _, param = key.partition(".")
-        out.setdefault(module, {})[param] = value
-    return out
-
-
 def test_the_file_names_every_linear_layer_of_bfl_s_blocks_as_sd_scripts_does():
     # sd-scripts' lora_flux: "lora_unet_" + the BFL module path with "_" for ".", for every Linear inside a
     # DoubleStreamBlock or SingleStreamBlock (qkv fused, as BFL's model has it)
@@ -62,15 +54,15 @@ def test_the_file_names_every_linear_layer_of_bfl_s_blocks_as_sd_scripts_does():
 
 def test_the_trainer_s_targets_are_exactly_the_pieces_of_the_layout(tiny_network):
     _, state = tiny_network
-    ours = {m for m in _modules(state) if m.startswith("lora_unet_")}
+    ours = {m for m in fl.modules_of(state) if m.startswith("lora_unet_")}
     pieces = {p for group in fl.kohya_layout(DEPTH, SINGLE).values() for p in group}
     assert ours == pieces and len(ours) == 14 * DEPTH + 6 * SINGLE
-    assert len([m for m in _modules(state) if m.startswith("lora_te_")]) == 6 * tf.TINY_FLUX_CONFIG["clip_l"]["layers"]
+    assert len([m for m in fl.modules_of(state) if m.startswith("lora_te_")]) == 6 * tf.TINY_FLUX_CONFIG["clip_l"]["layers"]
 
 
 def test_a_fused_layer_s_change_is_exactly_its_pieces_stacked(tiny_network):
     _, state = tiny_network
-    ours, kohya = _modules(state), _modules(fl.to_kohya(state, DEPTH, SINGLE))
+    ours, kohya = fl.modules_of(state), fl.modules_of(fl.to_kohya(state, DEPTH, SINGLE))
     for name, pieces in fl.kohya_layout(DEPTH, SINGLE).items():
         stacked = torch.cat([_delta(ours[p]) for p in pieces], dim=0)
         assert torch.allclose(_delta(kohya[name]), stacked, rtol=0, atol=1e-12), name
@@ -95,10 +87,10 @@ def test_network_weights_read_our_file_and_sd_scripts_dense_files_back(tiny_netw
     dense = {"lora_unet_single_blocks_0_linear1.lora_down.weight": torch.randn(4, h, generator=generator),
              "lora_unet_single_blocks_0_linear1.lora_up.weight": torch.randn(7 * h, 4, generator=generator),
              "lora_unet_single_blocks_0_linear1.alpha": torch.tensor(8.0)}
-    pieces = _modules(fl.from_kohya(dense, DEPTH, SINGLE, rank=4, row_sizes=rows))
+    pieces = fl.modules_of(fl.from_kohya(dense, DEPTH, SINGLE, rank=4, row_sizes=rows))
     order = fl.kohya_layout(DEPTH, SINGLE)["lora_unet_single_blocks_0_linear1"]
     assert [pieces[p]["lora_up.weight"].shape[0] for p in order] == [h, h, h, 4 * h]
-    assert torch.allclose(torch.cat([_delta(pieces[p]) for p in order]), _delta(_modules(dense)[
+    assert torch.allclose(torch.cat([_delta(pieces[p]) for p in order]), _delta(fl.modules_of(dense)[
         "lora_unet_single_blocks_0_linear1"]), rtol=0, atol=1e-12)
 
 
@@ -170,7 +162,7 @@ def test_diffusers_flux_load_lora_weights_applies_exactly_the_trained_change(tmp
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["not_loaded"] == [] and result["lora_layers"] == len(_modules(state)) == 14 + 6 + 12
+    assert result["not_loaded"] == [] and result["lora_layers"] == len(fl.modules_of(state)) == 14 + 6 + 12
     assert result["max_relative_delta_error"] < 2e-3  # the file is fp16: 11 significant bits
     assert result["max_change"] > 1e-3
 

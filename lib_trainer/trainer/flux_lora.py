@@ -71,7 +71,8 @@ def kohya_layout(num_double: int, num_single: int) -> dict[str, tuple[str, ...]]
     return out
 
 
-def _modules(state: dict) -> dict[str, dict[str, torch.Tensor]]:
+def modules_of(state: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """A LoRA state by module: ``{module: {param: tensor}}`` (``module.param`` keys split at the first dot)."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         module, _, param = key.partition(".")
@@ -96,7 +97,7 @@ def _alpha(params: dict, rank: int) -> float:
 
 def to_kohya(state: dict[str, torch.Tensor], num_double: int, num_single: int) -> dict[str, torch.Tensor]:
     """The trainer's network state (lycoris names on diffusers modules) -> a kohya FLUX.1 LoRA state dict."""
-    modules = _modules(state)
+    modules = modules_of(state)
     for module, params in modules.items():
         _check_plain(module, params)
     out: dict[str, torch.Tensor] = {}
@@ -163,7 +164,7 @@ def from_kohya(state: dict[str, torch.Tensor], num_double: int, num_single: int,
 
     ``row_sizes`` (trainer module name -> out_features) is needed for fused layers whose pieces differ in size
     (a single block's linear1); without it the rows are split evenly."""
-    modules = _modules(state)
+    modules = modules_of(state)
     layout = kohya_layout(num_double, num_single)
     out: dict[str, torch.Tensor] = {}
     for module, params in modules.items():
