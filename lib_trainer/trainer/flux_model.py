@@ -204,20 +204,13 @@ def build_ae(state: dict, layout: str = "bfl", dtype: torch.dtype = torch.float3
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     cfg = dict(base_configs()["vae"])
-    if layout == "bfl":
-        keys = list(state)
-        levels = _count(keys, r"encoder\.down\.(\d+)\.")
-        cfg["block_out_channels"] = [int(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0])
-                                     for i in range(levels)]
-        cfg["layers_per_block"] = _count(keys, r"encoder\.down\.0\.block\.(\d+)\.")
-        latent = int(state["decoder.conv_in.weight"].shape[1])
-    else:
-        keys = list(state)
-        levels = _count(keys, r"encoder\.down_blocks\.(\d+)\.")
-        cfg["block_out_channels"] = [int(state[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0])
-                                     for i in range(levels)]
-        cfg["layers_per_block"] = _count(keys, r"encoder\.down_blocks\.0\.resnets\.(\d+)\.")
-        latent = int(state["decoder.conv_in.weight"].shape[1])
+    down, block = ("down", "block") if layout == "bfl" else ("down_blocks", "resnets")  # BFL's / diffusers' names
+    keys = list(state)
+    levels = _count(keys, rf"encoder\.{down}\.(\d+)\.")
+    cfg["block_out_channels"] = [int(state[f"encoder.{down}.{i}.{block}.0.conv2.weight"].shape[0])
+                                 for i in range(levels)]
+    cfg["layers_per_block"] = _count(keys, rf"encoder\.{down}\.0\.{block}\.(\d+)\.")
+    latent = int(state["decoder.conv_in.weight"].shape[1])
     if latent != cfg["latent_channels"]:
         raise FluxFileError(f"this VAE has {latent} latent channels, FLUX.1's AE has {cfg['latent_channels']}: it is "
                             "a Stable Diffusion VAE; pick ae.safetensors")
